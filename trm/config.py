@@ -1,0 +1,86 @@
+"""Model configuration: a frozen dataclass mirroring the official TRM ACT v1 config."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+PosEncoding = Literal["rope", "learned", "none"]
+ForwardDType = Literal["float32", "bfloat16", "float16"]
+LossType = Literal["stablemax", "softmax"]
+Variant = Literal["trm", "single_z"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one Tiny Recursive Model (names follow the official config)."""
+
+    vocab_size: int = 11
+    """Number of token ids (0 is PAD)."""
+    seq_len: int = 81
+    """Tokens per puzzle (without the puzzle-embedding prefix)."""
+    num_puzzle_identifiers: int = 1
+    """Rows of the puzzle-embedding table (id 0 is the blank puzzle)."""
+    puzzle_emb_ndim: int | None = None
+    """Width of one puzzle embedding; None means hidden_size, 0 disables it."""
+    puzzle_emb_len: int = 16
+    """Prefix positions for the puzzle embedding; 0 means ceil(puzzle_emb_ndim / hidden_size)."""
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    """SwiGLU expansion; intermediate = round_up(round(expansion * h * 2/3), 256)."""
+    L_layers: int = 2
+    """Blocks in the single shared reasoning network."""
+    H_cycles: int = 3
+    """Outer cycles per supervision step (all but the last without gradient)."""
+    L_cycles: int = 6
+    """Latent updates per outer cycle."""
+    pos_encodings: PosEncoding = "rope"
+    mlp_t: bool = False
+    """Mix tokens with a SwiGLU along the sequence instead of attention."""
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = 16
+    """Supervision steps (ACT steps) per puzzle."""
+    halt_exploration_prob: float = 0.1
+    no_ACT_continue: bool = True
+    """True: halt when q_halt > 0 and skip the Q-continue loss (TRM default)."""
+    forward_dtype: ForwardDType = "float32"
+    """Activation dtype of the forward pass; weights stay float32."""
+    loss_type: LossType = "stablemax"
+    variant: Variant = "trm"
+    """"trm" (z_H and z_L) or "single_z" (the paper's single-latent ablation)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        for name in ("vocab_size", "seq_len", "hidden_size", "L_layers", "H_cycles",
+                     "L_cycles", "halt_max_steps", "num_puzzle_identifiers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pos_encodings == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def puzzle_dim(self) -> int:
+        """Width of the puzzle-embedding table (0 when disabled)."""
+        return self.hidden_size if self.puzzle_emb_ndim is None else self.puzzle_emb_ndim
+
+    @property
+    def prefix_len(self) -> int:
+        """Positions taken by the puzzle embedding in front of the tokens."""
+        if self.puzzle_emb_len == 0:
+            return math.ceil(self.puzzle_dim / self.hidden_size)
+        return self.puzzle_emb_len
+
+    @property
+    def total_len(self) -> int:
+        """Sequence length inside the network: prefix + tokens."""
+        return self.prefix_len + self.seq_len
