@@ -1,4 +1,4 @@
-"""Strict test settings: 8 simulated CPU devices, rank promotion raises, float32 matmuls."""
+"""Strict test settings: 8 simulated CPU devices, rank promotion raises."""
 
 import os
 
@@ -8,4 +8,3 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_default_matmul_precision", "highest")

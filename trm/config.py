@@ -75,7 +75,9 @@ class ModelConfig:
 
     @property
     def prefix_len(self) -> int:
-        """Positions taken by the puzzle embedding in front of the tokens."""
+        """Positions taken by the puzzle embedding in front of the tokens (0 without one)."""
+        if self.puzzle_dim == 0:
+            return 0
         if self.puzzle_emb_len == 0:
             return math.ceil(self.puzzle_dim / self.hidden_size)
         return self.puzzle_emb_len

@@ -1,0 +1,69 @@
+"""Importing official state dicts: round trips and one clear error per bad parameter."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import tiny_config, tiny_model
+from trm.official import (StateDictError, config_from_official, from_official_state_dict,
+                          load_state_dict_file, official_names, to_official_state_dict)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mlp_t": True, "pos_encodings": "none"},
+                                       {"pos_encodings": "learned"}])
+def test_round_trip(overrides):
+    config = tiny_config(**overrides)
+    model = tiny_model(config)
+    sd = to_official_state_dict(model)
+    assert sorted(sd) == sorted(official_names(config))
+    back = from_official_state_dict({"_orig_mod.model." + k: v for k, v in sd.items()}, config)
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_parameter_is_named():
+    config = tiny_config()
+    sd = to_official_state_dict(tiny_model(config))
+    del sd["inner.L_level.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(StateDictError, match=r"inner\.L_level\.layers\.1\.mlp\.down_proj"):
+        from_official_state_dict(sd, config)
+
+
+def test_unexpected_parameter_is_named():
+    config = tiny_config()
+    sd = to_official_state_dict(tiny_model(config))
+    sd["inner.L_level.layers.2.mlp.down_proj.weight"] = np.zeros((32, 256), np.float32)
+    with pytest.raises(StateDictError, match=r"layers\.2\.mlp\.down_proj.*does not use"):
+        from_official_state_dict(sd, config)
+
+
+def test_wrong_shape_is_named():
+    config = tiny_config()
+    sd = to_official_state_dict(tiny_model(config))
+    sd["inner.lm_head.weight"] = np.zeros((3, 32), np.float32)
+    with pytest.raises(StateDictError, match=r"'inner\.lm_head\.weight' has shape \(3, 32\)"):
+        from_official_state_dict(sd, config)
+
+
+def test_config_from_official_dict():
+    cfg = config_from_official({"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 5,
+                                "hidden_size": 64, "num_heads": 4, "expansion": 4,
+                                "H_layers": 0, "batch_size": 8, "puzzle_emb_ndim": 64},
+                               "softmax_cross_entropy")
+    assert cfg.expansion == 4.0 and isinstance(cfg.expansion, float)
+    assert cfg.loss_type == "softmax" and cfg.hidden_size == 64
+
+
+def test_npz_loader_and_missing_torch(tmp_path):
+    config = tiny_config()
+    sd = to_official_state_dict(tiny_model(config))
+    path = tmp_path / "w.npz"
+    np.savez(path, **{"param/" + k: v for k, v in sd.items()}, other=np.zeros(2))
+    assert sorted(load_state_dict_file(path)) == sorted(sd)
+    if importlib.util.find_spec("torch") is None:
+        with pytest.raises(StateDictError, match="needs torch"):
+            load_state_dict_file(tmp_path / "w.pt")

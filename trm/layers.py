@@ -1,0 +1,148 @@
+"""Building blocks of the TRM network, per example (`[seq, dim]`), weights stored in float32.
+
+Every layer casts its float32 weights to the dtype of its input, so the forward dtype is chosen
+once, by the dtype of the embeddings (see `trm.model`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+_TRUNC_BOUND = 2.0
+
+
+def truncated_normal_std_correction(bound: float = _TRUNC_BOUND) -> float:
+    """Std of a standard normal truncated to [-bound, bound]."""
+    z = math.erf(bound / math.sqrt(2.0))
+    pdf = math.exp(-0.5 * bound**2) / math.sqrt(2.0 * math.pi)
+    return math.sqrt(1.0 - 2.0 * bound * pdf / z)
+
+
+def trunc_normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Float[Array, "..."]:
+    """Truncated normal (cut at +-2 std) whose std is exactly `std` (JAX/Flax convention)."""
+    if std == 0.0:
+        return jnp.zeros(shape, jnp.float32)
+    unit = jax.random.truncated_normal(key, -_TRUNC_BOUND, _TRUNC_BOUND, shape, jnp.float32)
+    return unit * (std / truncated_normal_std_correction())
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(value // -multiple) * multiple
+
+
+def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
+    """Official rule: round(expansion * h * 2/3) rounded up to a multiple of 256."""
+    return round_up(round(expansion * hidden_size * 2 / 3), 256)
+
+
+class Linear(eqx.Module):
+    """y = x W^T (+ b); W is [out, in] (PyTorch layout), LeCun truncated-normal init."""
+
+    weight: Float[Array, "out in"]
+    bias: Float[Array, " out"] | None
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
+                 key: PRNGKeyArray):
+        self.weight = trunc_normal(key, (out_features, in_features), 1.0 / math.sqrt(in_features))
+        self.bias = jnp.zeros((out_features,), jnp.float32) if bias else None
+
+    def __call__(self, x: Float[Array, "*batch in"]) -> Float[Array, "*batch out"]:
+        y = x @ self.weight.T.astype(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.astype(x.dtype)
+        return y
+
+
+class Embedding(eqx.Module):
+    """Lookup table [num, dim] with truncated-normal init of the given std."""
+
+    weight: Float[Array, "num dim"]
+
+    def __init__(self, num: int, dim: int, *, std: float, key: PRNGKeyArray):
+        self.weight = trunc_normal(key, (num, dim), std)
+
+    def __call__(self, ids: Array, dtype: jnp.dtype) -> Float[Array, "... dim"]:
+        return self.weight.astype(dtype)[ids]
+
+
+def rms_norm(x: Float[Array, "*batch dim"], eps: float) -> Float[Array, "*batch dim"]:
+    """Parameter-free RMS norm, computed in float32 and cast back."""
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(variance + eps)).astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[
+        Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]]:
+    """cos/sin tables for RoPE with the rotate-half layout (frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = jnp.outer(jnp.arange(seq_len, dtype=jnp.float32), inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def rotate_half(x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: Float[Array, "seq heads head_dim"], cos: Float[Array, "seq head_dim"],
+               sin: Float[Array, "seq head_dim"]) -> Float[Array, "seq heads head_dim"]:
+    """Rotate queries or keys by position (computed in the tables' float32, cast back)."""
+    x32 = x.astype(cos.dtype)
+    out = x32 * cos[:, None, :] + rotate_half(x32) * sin[:, None, :]
+    return out.astype(x.dtype)
+
+
+def attention(q: Float[Array, "seq heads hd"], k: Float[Array, "seq heads hd"],
+              v: Float[Array, "seq heads hd"]) -> Float[Array, "seq heads hd"]:
+    """Non-causal scaled dot-product attention; softmax in float32, matmuls in the input dtype."""
+    scores = jnp.einsum("qhd,khd->hqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+    return jnp.einsum("hqk,khd->qhd", probs, v)
+
+
+class Attention(eqx.Module):
+    """Non-causal multi-head self-attention, fused qkv projection, no biases."""
+
+    qkv_proj: Linear
+    o_proj: Linear
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, hidden_size: int, num_heads: int, *, key: PRNGKeyArray):
+        k_qkv, k_o = jax.random.split(key)
+        self.qkv_proj = Linear(hidden_size, 3 * hidden_size, key=k_qkv)
+        self.o_proj = Linear(hidden_size, hidden_size, key=k_o)
+        self.num_heads = num_heads
+
+    def __call__(self, x: Float[Array, "seq dim"],
+                 rope: tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]] | None,
+                 ) -> Float[Array, "seq dim"]:
+        seq_len, dim = x.shape
+        qkv = self.qkv_proj(x).reshape(seq_len, 3 * self.num_heads, dim // self.num_heads)
+        q, k, v = jnp.split(qkv, 3, axis=1)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.o_proj(attention(q, k, v).reshape(seq_len, dim))
+
+
+class SwiGLU(eqx.Module):
+    """down(silu(gate) * up) with a fused gate_up projection [h -> 2 * inter]."""
+
+    gate_up_proj: Linear
+    down_proj: Linear
+
+    def __init__(self, hidden_size: int, expansion: float, *, key: PRNGKeyArray):
+        inter = swiglu_intermediate_size(hidden_size, expansion)
+        k_gu, k_d = jax.random.split(key)
+        self.gate_up_proj = Linear(hidden_size, 2 * inter, key=k_gu)
+        self.down_proj = Linear(inter, hidden_size, key=k_d)
+
+    def __call__(self, x: Float[Array, "*batch h"]) -> Float[Array, "*batch h"]:
+        gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(jax.nn.silu(gate) * up)

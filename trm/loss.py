@@ -1,0 +1,98 @@
+"""ACT loss head: cross-entropy on the answer, BCE on the halting (and continue) logits, metrics.
+
+Losses and metrics are *sums* over the batch (the official convention); the train step divides
+the total by the global batch size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from trm.config import LossType
+from trm.model import TRM, Carry, Outputs
+
+IGNORE_LABEL_ID = -100
+
+Metrics = dict[str, Float[Array, ""]]
+
+
+def log_stablemax(logits: Float[Array, "*batch V"]) -> Float[Array, "*batch V"]:
+    """log(s(x) / sum s(x)) with s(x) = 1/(1-x) for x < 0 else x + 1, stable in float32.
+
+    log s(x) is evaluated as -log1p(-x) or log1p(x), so neither branch can overflow.
+    """
+    x = logits.astype(jnp.float32)
+    neg, pos = jnp.minimum(x, 0.0), jnp.maximum(x, 0.0)
+    s = jnp.where(x < 0, 1.0 / (1.0 - neg), pos + 1.0)
+    log_s = jnp.where(x < 0, -jnp.log1p(-neg), jnp.log1p(pos))
+    return log_s - jnp.log(jnp.sum(s, axis=-1, keepdims=True))
+
+
+def token_cross_entropy(logits: Float[Array, "*batch V"], labels: Int[Array, "*batch"],
+                        loss_type: LossType) -> Float[Array, "*batch"]:
+    """Per-token CE (stablemax or softmax); 0 where the label is IGNORE_LABEL_ID."""
+    if loss_type == "stablemax":
+        logprobs = log_stablemax(logits)
+    else:
+        logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    mask = labels != IGNORE_LABEL_ID
+    safe = jnp.where(mask, labels, 0)
+    picked = jnp.take_along_axis(logprobs, safe[..., None], axis=-1)[..., 0]
+    return -jnp.where(mask, picked, 0.0)
+
+
+def bce_with_logits(logits: Float[Array, "*b"], targets: Float[Array, "*b"]) -> Float[Array, "*b"]:
+    """Elementwise binary cross-entropy on logits (numerically stable form)."""
+    return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def row_correctness(logits: Float[Array, "B S V"], labels: Int[Array, "B S"],
+                    ) -> tuple[Bool[Array, "B S"], Int[Array, " B"], Bool[Array, " B"]]:
+    """(token correct & labelled, labelled-token count, whole row exactly correct)."""
+    mask = labels != IGNORE_LABEL_ID
+    counts = mask.sum(-1)
+    correct = mask & (jnp.argmax(logits, axis=-1) == labels)
+    return correct, counts, correct.sum(-1) == counts
+
+
+def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType,
+              ) -> tuple[Float[Array, ""], Metrics]:
+    """Total loss lm + 0.5 * (q_halt + q_continue) and metric sums over halted, labelled rows."""
+    labels = carry.labels
+    correct, counts, seq_correct = row_correctness(outputs.logits, labels)
+    divisor = jnp.maximum(counts, 1)[:, None]
+
+    lm_loss = jnp.sum(token_cross_entropy(outputs.logits, labels, loss_type) / divisor)
+    q_halt_loss = jnp.sum(bce_with_logits(outputs.q_halt_logits, seq_correct.astype(jnp.float32)))
+    q_continue_loss = jnp.zeros((), jnp.float32)
+    if outputs.target_q_continue is not None:
+        q_continue_loss = jnp.sum(bce_with_logits(outputs.q_continue_logits,
+                                                  outputs.target_q_continue))
+    total = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+
+    valid = carry.halted & (counts > 0)
+    f32 = jnp.float32
+    metrics = {
+        "count": valid.sum().astype(f32),
+        "accuracy": jnp.sum(jnp.where(valid, (correct / divisor).sum(-1), 0.0)),
+        "exact_accuracy": (valid & seq_correct).sum().astype(f32),
+        "q_halt_accuracy": (valid & ((outputs.q_halt_logits >= 0) == seq_correct)).sum()
+        .astype(f32),
+        "steps": jnp.sum(jnp.where(valid, carry.steps, 0)).astype(f32),
+        "lm_loss": jax.lax.stop_gradient(lm_loss),
+        "q_halt_loss": jax.lax.stop_gradient(q_halt_loss),
+    }
+    if outputs.target_q_continue is not None:
+        metrics["q_continue_loss"] = jax.lax.stop_gradient(q_continue_loss)
+    return total, metrics
+
+
+def step_loss(model: TRM, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
+              puzzle_rows: Float[Array, "B pdim"] | None = None,
+              ) -> tuple[Float[Array, ""], tuple[Carry, Metrics, Outputs]]:
+    """One ACT step on a reset carry followed by the loss head (differentiable in model, rows)."""
+    new_carry, outputs = model.step(carry, train=train, key=key, puzzle_rows=puzzle_rows)
+    total, metrics = loss_head(new_carry, outputs, model.config.loss_type)
+    return total, (new_carry, metrics, outputs)
