@@ -91,8 +91,10 @@ def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType,
 
 def step_loss(model: TRM, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
               puzzle_rows: Float[Array, "B pdim"] | None = None,
+              min_halt_steps: Int[Array, " B"] | None = None,
               ) -> tuple[Float[Array, ""], tuple[Carry, Metrics, Outputs]]:
     """One ACT step on a reset carry followed by the loss head (differentiable in model, rows)."""
-    new_carry, outputs = model.step(carry, train=train, key=key, puzzle_rows=puzzle_rows)
+    new_carry, outputs = model.step(carry, train=train, key=key, puzzle_rows=puzzle_rows,
+                                    min_halt_steps=min_halt_steps)
     total, metrics = loss_head(new_carry, outputs, model.config.loss_type)
     return total, (new_carry, metrics, outputs)

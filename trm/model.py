@@ -196,11 +196,14 @@ class TRM(eqx.Module):
     def initial_carry(self, batch_size: int) -> Carry:
         """Carry with every row halted, so the first step loads a fresh batch everywhere."""
         c = self.config
-        z = jnp.zeros((batch_size, c.total_len, c.hidden_size), forward_dtype(c))
-        ids = jnp.zeros((batch_size, c.seq_len), jnp.int32)
-        return Carry(z_H=z, z_L=z, steps=jnp.zeros((batch_size,), jnp.int32),
-                     halted=jnp.ones((batch_size,), bool), inputs=ids, labels=ids,
-                     puzzle_identifiers=jnp.zeros((batch_size,), jnp.int32))
+        def zeros(*shape, dtype=jnp.int32):  # distinct buffers, so the carry can be donated
+            return jnp.zeros((batch_size, *shape), dtype)
+
+        z_shape = (c.total_len, c.hidden_size)
+        return Carry(z_H=zeros(*z_shape, dtype=forward_dtype(c)),
+                     z_L=zeros(*z_shape, dtype=forward_dtype(c)), steps=zeros(),
+                     halted=jnp.ones((batch_size,), bool), inputs=zeros(c.seq_len),
+                     labels=zeros(c.seq_len), puzzle_identifiers=zeros())
 
     def reset(self, carry: Carry, inputs: Int[Array, "B S"], labels: Int[Array, "B S"],
               puzzle_identifiers: Int[Array, " B"]) -> Carry:
@@ -221,12 +224,13 @@ class TRM(eqx.Module):
         return None if self.puzzle_emb is None else self.puzzle_emb[puzzle_identifiers]
 
     def step(self, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
-             puzzle_rows: Float[Array, "B pdim"] | None = None) -> tuple[Carry, Outputs]:
+             puzzle_rows: Float[Array, "B pdim"] | None = None,
+             min_halt_steps: Int[Array, " B"] | None = None) -> tuple[Carry, Outputs]:
         """One ACT step on an already reset carry: recursion, step count, halting decision.
 
         `puzzle_rows` overrides the table lookup (the train step differentiates w.r.t. them).
-        Training halts on q_halt > 0 (or q_halt > q_continue) after a random minimum number
-        of steps with probability `halt_exploration_prob`; evaluation always runs
+        Training halts on q_halt > 0 (or q_halt > q_continue), but not before
+        `min_halt_steps` (default: `exploration_min_steps(key, B)`); evaluation always runs
         `halt_max_steps` steps.
         """
         c = self.config
@@ -241,7 +245,9 @@ class TRM(eqx.Module):
         target = None
         if train and c.halt_max_steps > 1:
             halted = halted | (q_halt > 0 if c.no_ACT_continue else q_halt > q_continue)
-            halted = halted & (steps >= self.exploration_min_steps(key, steps.shape[0]))
+            if min_halt_steps is None:
+                min_halt_steps = self.exploration_min_steps(key, steps.shape[0])
+            halted = halted & (steps >= min_halt_steps)
             if not c.no_ACT_continue:
                 _, _, _, next_q = recurse(z_H, z_L, carry.inputs, puzzle_rows)
                 next_q = jax.lax.stop_gradient(next_q)
