@@ -57,15 +57,24 @@ def row_correctness(logits: Float[Array, "B S V"], labels: Int[Array, "B S"],
     return correct, counts, correct.sum(-1) == counts
 
 
-def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType,
+def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType, step_penalty: float = 0.0,
               ) -> tuple[Float[Array, ""], Metrics]:
-    """Total loss lm + 0.5 * (q_halt + q_continue) and metric sums over halted, labelled rows."""
+    """Total loss lm + 0.5 * (q_halt + q_continue) and metric sums over halted, labelled rows.
+
+    `step_penalty` > 0 makes halting compute-aware: each row adds
+    step_penalty * steps * BCE(q_halt, 1), a push towards halting that grows with the number of
+    supervision steps already spent (0 reproduces the official loss).
+    """
     labels = carry.labels
     correct, counts, seq_correct = row_correctness(outputs.logits, labels)
     divisor = jnp.maximum(counts, 1)[:, None]
 
     lm_loss = jnp.sum(token_cross_entropy(outputs.logits, labels, loss_type) / divisor)
-    q_halt_loss = jnp.sum(bce_with_logits(outputs.q_halt_logits, seq_correct.astype(jnp.float32)))
+    q_halt = outputs.q_halt_logits
+    q_halt_loss = jnp.sum(bce_with_logits(q_halt, seq_correct.astype(jnp.float32)))
+    if step_penalty:
+        q_halt_loss = q_halt_loss + step_penalty * jnp.sum(
+            carry.steps * bce_with_logits(q_halt, jnp.ones_like(q_halt)))
     q_continue_loss = jnp.zeros((), jnp.float32)
     if outputs.target_q_continue is not None:
         q_continue_loss = jnp.sum(bce_with_logits(outputs.q_continue_logits,
@@ -91,10 +100,10 @@ def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType,
 
 def step_loss(model: TRM, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
               puzzle_rows: Float[Array, "B pdim"] | None = None,
-              min_halt_steps: Int[Array, " B"] | None = None,
+              min_halt_steps: Int[Array, " B"] | None = None, step_penalty: float = 0.0,
               ) -> tuple[Float[Array, ""], tuple[Carry, Metrics, Outputs]]:
     """One ACT step on a reset carry followed by the loss head (differentiable in model, rows)."""
     new_carry, outputs = model.step(carry, train=train, key=key, puzzle_rows=puzzle_rows,
                                     min_halt_steps=min_halt_steps)
-    total, metrics = loss_head(new_carry, outputs, model.config.loss_type)
+    total, metrics = loss_head(new_carry, outputs, model.config.loss_type, step_penalty)
     return total, (new_carry, metrics, outputs)

@@ -258,15 +258,18 @@ class TRM(eqx.Module):
         return new_carry, Outputs(logits, q_halt, q_continue, target)
 
     def exploration_min_steps(self, key: PRNGKeyArray | None, batch_size: int,
+                              prob: Float[Array, ""] | float | None = None,
                               ) -> Int[Array, " B"]:
-        """Per row: uniform in [2, halt_max_steps] with prob. `halt_exploration_prob`, else 0."""
+        """Per row: uniform in [2, halt_max_steps] with probability `prob` (default
+        `halt_exploration_prob`; an array when annealed over training), else 0."""
         c = self.config
-        if c.halt_exploration_prob == 0.0:
+        prob = c.halt_exploration_prob if prob is None else prob
+        if isinstance(prob, float) and prob == 0.0:
             return jnp.zeros((batch_size,), jnp.int32)
         if key is None:
-            raise ValueError("training with halt_exploration_prob > 0 needs a PRNG key")
+            raise ValueError("training with halting exploration needs a PRNG key")
         k_explore, k_steps = jax.random.split(key)
-        explore = jax.random.uniform(k_explore, (batch_size,)) < c.halt_exploration_prob
+        explore = jax.random.uniform(k_explore, (batch_size,)) < prob
         min_steps = jax.random.randint(k_steps, (batch_size,), 2, c.halt_max_steps + 1)
         return jnp.where(explore, min_steps, 0)
 

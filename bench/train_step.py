@@ -1,0 +1,120 @@
+"""Training-step throughput: compile time, steps/s, examples/s, FLOP/s, peak RSS.
+
+    python bench/train_step.py [--hidden 128 512] [--batch 32] [--steps 10] [--devices 1]
+
+Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_cycles 6,
+2 layers, attention (RoPE) and mlp_t. FLOPs are counted analytically from the matmuls (the
+recursion runs H_cycles x (L_cycles + 1) network calls forward, and the last
+L_cycles + 1 of them backward at twice the forward cost) and compared with this machine's
+measured float32 matmul FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trm.config import ModelConfig
+from trm.layers import swiglu_intermediate_size
+from trm.model import TRM
+from trm.optim import adam_atan2
+from trm.train_step import (batch_sharding, init_train_state, jit_train_step, make_mesh,
+                            make_train_step, state_shardings)
+
+
+def network_call_flops(c: ModelConfig) -> float:
+    """Matmul FLOPs of one application of the reasoning network to one example."""
+    L, D = c.total_len, c.hidden_size
+    inter = swiglu_intermediate_size(D, c.expansion)
+    mlp = 2 * L * D * 3 * inter  # gate_up (2 * inter) + down (inter)
+    if c.mlp_t:
+        mix = 2 * D * L * 3 * swiglu_intermediate_size(L, c.expansion)
+    else:
+        mix = 2 * L * D * 4 * D + 4 * L * L * D  # qkv + out projections, scores + values
+    return c.L_layers * (mix + mlp)
+
+
+def train_step_flops(c: ModelConfig, batch: int) -> float:
+    calls_per_cycle = c.L_cycles + 1
+    forward = c.H_cycles * calls_per_cycle * network_call_flops(c)
+    backward = 2 * calls_per_cycle * network_call_flops(c)
+    head = 3 * 2 * c.total_len * c.hidden_size * (c.vocab_size + 2)
+    return batch * (forward + backward + head)
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        f(a).block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def bench(config: ModelConfig, batch: int, steps: int, devices: int) -> dict[str, float]:
+    mesh = make_mesh(devices)
+    optimizer = adam_atan2(1e-4, weight_decay=0.1)
+    state = init_train_state(TRM(config, key=jax.random.key(0)), optimizer, batch,
+                             jax.random.key(1), ema=True)
+    state = jax.device_put(state, state_shardings(state, mesh))
+    step = jit_train_step(make_train_step(
+        mesh=mesh, optimizer=optimizer, lr_schedule=optax.constant_schedule(1e-4),
+        puzzle_lr_schedule=optax.constant_schedule(1e-4), puzzle_weight_decay=0.1,
+        ema_rate=0.999, global_batch=batch), state, mesh)
+    rng = np.random.default_rng(0)
+    data = {"inputs": rng.integers(1, 11, (batch, config.seq_len), dtype=np.int32),
+            "labels": rng.integers(1, 11, (batch, config.seq_len), dtype=np.int32),
+            "puzzle_identifiers": np.zeros((batch,), np.int32)}
+    data = jax.device_put(data, batch_sharding(mesh))
+    start = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    flops = train_step_flops(config, batch)
+    return {"compile_s": compile_s, "steps_per_s": 1 / seconds, "examples_per_s": batch / seconds,
+            "flops_per_s": flops / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    peak = matmul_flops_per_second()
+    print(f"backend={jax.default_backend()} devices={args.devices} batch={args.batch} "
+          f"dtype={args.dtype}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for hidden in args.hidden:
+        for mlp_t in (False, True):
+            config = ModelConfig(vocab_size=11, seq_len=81, num_puzzle_identifiers=1001,
+                                 hidden_size=hidden, num_heads=max(1, hidden // 64),
+                                 H_cycles=3, L_cycles=6, mlp_t=mlp_t,
+                                 pos_encodings="none" if mlp_t else "rope",
+                                 forward_dtype=args.dtype)
+            r = bench(config, args.batch, args.steps, args.devices)
+            kind = "mlp_t" if mlp_t else "attention"
+            print(f"hidden={hidden:4d} {kind:9s} compile {r['compile_s']:6.1f} s  "
+                  f"{r['steps_per_s']:7.3f} steps/s  {r['examples_per_s']:8.1f} ex/s  "
+                  f"{r['flops_per_s'] / 1e9:7.1f} GFLOP/s ({100 * r['flops_per_s'] / peak:4.1f}%"
+                  f" of matmul peak)")
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {rss_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

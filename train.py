@@ -1,0 +1,27 @@
+"""Train a Tiny Recursive Model: `python train.py <preset> [--section.field value ...]`.
+
+Presets: see `python train.py --help`. Example: `python train.py sudoku-tiny --no-track`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from trm.cli import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trm.loop import train  # noqa: PLC0415  (keeps --help fast)
+    from trm.run_config import parse_cli  # noqa: PLC0415
+
+    def run(args: list[str]) -> None:
+        result = train(parse_cli(args))
+        for split, metrics in result.eval_metrics.items():
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+            print(f"eval {split} @ step {result.steps}: {shown}")
+
+    return run_cli(run, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

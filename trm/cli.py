@@ -1,0 +1,27 @@
+"""Shared command-line behaviour: readable one-line errors and non-zero exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class RunStopped(RuntimeError):
+    """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
+
+
+def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
+    """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
+    a deliberate stop (RunStopped) exits 1."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RunStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

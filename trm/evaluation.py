@@ -1,0 +1,109 @@
+"""Evaluation rollouts: every row runs exactly `halt_max_steps` supervision steps.
+
+`rollout` is jit-compiled once per model config and runs data-parallel when its inputs are
+sharded on the batch axis. Besides the official metric sums of the last step, it returns what
+per-step analyses need: whether each row is exactly right after each step and its q_halt logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from trm.loss import Metrics, loss_head, row_correctness
+from trm.model import TRM
+
+
+class Rollout(eqx.Module):
+    """Result of an eval rollout on a batch of B rows over T = halt_max_steps steps."""
+
+    metrics: Metrics
+    """Official metric sums after the last step (rows without labels are not counted)."""
+    preds: Int[Array, "B S"]
+    """Predicted tokens after the last step."""
+    q_halt: Float[Array, "T B"]
+    """q_halt logit after each step."""
+    exact: Bool[Array, "T B"]
+    """Row exactly right after each step."""
+    labelled: Bool[Array, " B"]
+    """Row has at least one label (padding rows do not)."""
+    step_preds: Int[Array, "T B S"] | None = None
+    """Predicted tokens after each step (only with keep_step_preds)."""
+
+
+@eqx.filter_jit
+def rollout(model: TRM, inputs: Int[Array, "B S"], labels: Int[Array, "B S"],
+            puzzle_identifiers: Int[Array, " B"], keep_step_preds: bool = False) -> Rollout:
+    """Run `halt_max_steps` eval-mode ACT steps from a fresh carry."""
+    carry = model.initial_carry(inputs.shape[0])
+
+    def one_step(carry, _):
+        carry, out = model(carry, inputs, labels, puzzle_identifiers, train=False)
+        _, _, exact = row_correctness(out.logits, carry.labels)
+        preds = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
+        return carry, (out, exact, preds)
+
+    carry, (outs, exact, preds) = jax.lax.scan(one_step, carry, None,
+                                               length=model.config.halt_max_steps)
+    last = jax.tree.map(lambda x: x[-1], outs)
+    _, metrics = loss_head(carry, last, model.config.loss_type)
+    labelled = (labels != -100).any(-1)
+    return Rollout(metrics=metrics, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
+                   labelled=labelled, step_preds=preds if keep_step_preds else None)
+
+
+def sum_metrics(totals: dict[str, float], metrics: Mapping[str, Array]) -> dict[str, float]:
+    """Add one batch's metric sums into running host-side totals."""
+    for k, v in metrics.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    return totals
+
+
+def normalize_eval_metrics(totals: Mapping[str, float]) -> dict[str, float]:
+    """Official eval reporting: every sum divided by the number of counted rows."""
+    count = max(totals.get("count", 0.0), 1.0)
+    return {k: v / count for k, v in totals.items() if k != "count"} | {
+        "count": totals.get("count", 0.0)}
+
+
+def per_step_accuracy(exact: np.ndarray, q_halt: np.ndarray) -> dict[str, object]:
+    """Inference-budget curves from per-step correctness of labelled rows.
+
+    exact, q_halt: [T, N]. Returns the exact accuracy if every row stopped after step k
+    (k = 1..T), and the adaptive policy that stops at the first step with q_halt > 0 (or at T):
+    its exact accuracy and mean number of steps.
+    """
+    steps, n = exact.shape
+    halts = q_halt > 0
+    stop = np.where(halts.any(0), halts.argmax(0), steps - 1)  # 0-based step index
+    adaptive_correct = exact[stop, np.arange(n)]
+    return {
+        "exact_accuracy_at_step": [float(x) for x in exact.mean(1)] if n else [0.0] * steps,
+        "adaptive_exact_accuracy": float(adaptive_correct.mean()) if n else 0.0,
+        "adaptive_mean_steps": float((stop + 1).mean()) if n else 0.0,
+    }
+
+
+def evaluate_batches(model: TRM, batches: Iterable[Mapping[str, Array]],
+                     ) -> tuple[dict[str, float], dict[str, object]]:
+    """Evaluate `model` on batches of {"inputs", "labels", "puzzle_identifiers"} arrays.
+
+    Returns (normalised official metrics, per-step curves over labelled rows).
+    """
+    totals: dict[str, float] = {}
+    exact, q_halt = [], []
+    for batch in batches:
+        result = rollout(model, batch["inputs"], batch["labels"], batch["puzzle_identifiers"])
+        sum_metrics(totals, result.metrics)
+        keep = np.asarray(result.labelled)
+        exact.append(np.asarray(result.exact)[:, keep])
+        q_halt.append(np.asarray(result.q_halt)[:, keep])
+    steps = model.config.halt_max_steps
+    curves = per_step_accuracy(np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool),
+                               np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0)))
+    return normalize_eval_metrics(totals), curves

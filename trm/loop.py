@@ -1,0 +1,214 @@
+"""The training loop: data -> train step -> metrics, evaluation, checkpoints, tracking.
+
+`train(cfg)` is what `python train.py` runs. Host metrics are fetched one step late (step N
+is dispatched before step N-1's metrics are read), so there is no per-step device sync beyond
+one step in flight. A non-finite loss stops the run with a clear message; the last good
+checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from trm.checkpoint import Checkpointer
+from trm.cli import RunStopped
+from trm.config import ModelConfig
+from trm.evaluation import evaluate_batches
+from trm.model import TRM
+from trm.optim import build_optimizer, build_schedules
+from trm.run_config import RunConfig
+from trm.schedule import total_steps
+from trm.tracking import Tracker
+from trm.train_step import (TrainState, batch_sharding, eval_model, init_train_state,
+                            jit_train_step, make_mesh, make_train_step, normalize_metrics,
+                            state_shardings)
+
+
+class NonFiniteLossError(RunStopped):
+    """Training produced a NaN/Inf loss."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    steps: int
+    """Optimiser steps done in total (including those before a resume)."""
+    train_metrics: list[dict[str, float]]
+    """Normalised train metrics of the steps run in this call."""
+    eval_metrics: dict[str, dict[str, float]]
+    """Last evaluation: set name -> metrics."""
+
+
+def initialize_distributed(cfg: RunConfig) -> None:
+    """jax.distributed.initialize when the run is launched multi-host."""
+    m = cfg.mesh
+    if not m.distributed:
+        return
+    jax.distributed.initialize(coordinator_address=m.coordinator_address,
+                               num_processes=m.num_processes, process_id=m.process_id)
+
+
+def prepare_data(cfg: RunConfig) -> Path:
+    """The data directory, generated first when the config asks for a synthetic set."""
+    from data.generate import ensure_tiny_dataset  # noqa: PLC0415  (data is a sibling package)
+
+    d = cfg.data
+    if d.generate != "none":
+        kind = d.generate.removesuffix("-tiny")
+        ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
+                            test_count=d.num_test, seed=d.seed)
+    return Path(d.data_dir)
+
+
+def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
+    """The model config with the data set's vocabulary, length and puzzle count."""
+    return dataclasses.replace(model, vocab_size=metadata.vocab_size, seq_len=metadata.seq_len,
+                               num_puzzle_identifiers=metadata.num_puzzle_identifiers)
+
+
+def step_budget(cfg: RunConfig, metadata: Any) -> tuple[int, int | None]:
+    """(total optimiser steps of the schedule, steps between evaluations or None)."""
+    o = cfg.optim
+
+    def steps_for(epochs: int) -> int:
+        return total_steps(epochs, metadata.total_groups, metadata.mean_puzzle_examples,
+                           o.global_batch_size)
+
+    total = steps_for(o.epochs)
+    every = None if cfg.eval.eval_interval is None else max(1, steps_for(cfg.eval.eval_interval))
+    return total, every
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's rows of a batch -> global arrays sharded on the batch axis."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
+            for k in ("inputs", "labels", "puzzle_identifiers")}
+
+
+def evaluate(model: TRM, data_dir: Path, cfg: RunConfig, mesh: Mesh,
+             ) -> dict[str, dict[str, Any]]:
+    """Official metrics and per-step curves on every eval set: set name -> metrics."""
+    from data.pipeline import eval_batches  # noqa: PLC0415
+
+    batch_size = cfg.eval.batch_size or cfg.optim.global_batch_size
+    results = {}
+    for split in cfg.eval.eval_sets:
+        batches = (to_global(b, mesh) for b in eval_batches(
+            data_dir, global_batch_size=batch_size, split=split))
+        metrics, curves = evaluate_batches(model, batches)
+        results[split] = {**metrics, **curves}
+    return results
+
+
+def _fetch(pending: tuple[int, Any] | None, global_batch: int) -> tuple[int, dict[str, float]]:
+    step, sums = pending
+    sums = jax.device_get(sums)
+    raw = {k: float(sums.pop(k)) for k in ("lr", "exploration_prob") if k in sums}
+    metrics = normalize_metrics(sums, global_batch) | raw
+    if not math.isfinite(metrics["lm_loss"]) or not math.isfinite(metrics["q_halt_loss"]):
+        raise NonFiniteLossError(f"non-finite loss at step {step} "
+                                 f"(lm_loss={metrics['lm_loss']}, "
+                                 f"q_halt_loss={metrics['q_halt_loss']}); stopping, the last "
+                                 f"good checkpoint is kept")
+    return step, metrics
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training run described by `cfg`."""
+    from data.pipeline import load_metadata, train_iterator  # noqa: PLC0415
+
+    initialize_distributed(cfg)
+    data_dir = prepare_data(cfg)
+    metadata = load_metadata(data_dir)
+    model_cfg = model_config_for(cfg.model, metadata)
+    total, eval_every = step_budget(cfg, metadata)
+    last_step = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    o = cfg.optim
+    mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data)
+
+    lr, puzzle_lr = build_schedules(o, total)
+    optimizer = build_optimizer(o, lr)
+    key = jax.random.key(cfg.seed)
+    state = init_train_state(TRM(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
+                             o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
+    state = jax.device_put(state, state_shardings(state, mesh))
+    data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,
+                               seed=cfg.data.seed, num_aug=cfg.data.num_aug,
+                               num_workers=cfg.data.num_workers)
+
+    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg)
+    if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, data_iter=data_iter)
+    start = int(state.step)
+    step_fn = jit_train_step(make_train_step(
+        mesh=mesh, optimizer=optimizer, lr_schedule=lr, puzzle_lr_schedule=puzzle_lr,
+        puzzle_weight_decay=o.puzzle_emb_weight_decay, ema_rate=o.ema_rate,
+        global_batch=o.global_batch_size), state, mesh)
+
+    tracker = Tracker.open(cfg.tracking, cfg)
+    if tracker.enabled:
+        tracker.run["num_params"] = int(sum(x.size for x in jax.tree.leaves(
+            state.model) if hasattr(x, "size")))
+    history: list[dict[str, float]] = []
+    evals: dict[str, dict[str, float]] = {}
+    bar = tqdm(total=last_step, initial=start, disable=not progress or jax.process_index() != 0,
+               unit="step", dynamic_ncols=True)
+    pending = None
+    tick = time.perf_counter()
+    try:
+        for step in range(start + 1, last_step + 1):
+            batch = to_global(next(data_iter), mesh)
+            state, sums = step_fn(state, batch)
+            if pending is not None:
+                _record(pending, o.global_batch_size, history, tracker, bar, tick)
+                tick = time.perf_counter()
+            pending = (step, sums)
+            is_eval = eval_every is not None and step % eval_every == 0 or step == last_step
+            if is_eval or (cfg.checkpoint.every_n_steps and
+                           step % cfg.checkpoint.every_n_steps == 0):
+                _record(pending, o.global_batch_size, history, tracker, bar, tick)
+                pending, tick = None, time.perf_counter()
+                if is_eval and cfg.eval.eval_sets:
+                    evals = _scalar_evals(evaluate(eval_model(state), data_dir, cfg, mesh))
+                    for split, metrics in evals.items():
+                        tracker.track(metrics, step, {"subset": "eval", "set": split})
+                flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
+                checkpointer.save(step, state, data_iter, metrics=flat or None)
+        if pending is not None:
+            _record(pending, o.global_batch_size, history, tracker, bar, tick)
+    finally:
+        bar.close()
+        checkpointer.close()
+        tracker.close()
+    return TrainResult(state=state, steps=int(state.step), train_metrics=history,
+                       eval_metrics=evals)
+
+
+def _scalar_evals(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    return {split: _scalars(m) for split, m in results.items()}
+
+
+def _record(pending, global_batch, history, tracker, bar, tick) -> None:
+    step, metrics = _fetch(pending, global_batch)
+    seconds = max(time.perf_counter() - tick, 1e-9)
+    metrics["examples_per_s"] = global_batch / seconds
+    history.append(metrics)
+    tracker.track(metrics, step)
+    bar.update(step - bar.n)
+    bar.set_postfix(loss=f"{metrics['lm_loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                    ex_s=f"{metrics['examples_per_s']:.0f}", refresh=False)
