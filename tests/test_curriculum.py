@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
+from trm.config import ConfigError
 from trm.curriculum import linear_anneal, phase_config, phase_index, validate_phases
 from trm.loss import bce_with_logits, loss_head
 from trm.model import Carry, Outputs
@@ -32,7 +33,7 @@ def test_phase_config_changes_only_cycles():
 @pytest.mark.parametrize("phases", [((0.1, 1, 1),), ((0.0, 1, 1), (0.0, 2, 2)),
                                     ((0.0, 0, 1),), ((0.0, 1, 1), (1.0, 2, 2))])
 def test_bad_phases_are_rejected(phases):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         validate_phases(phases)
 
 

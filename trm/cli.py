@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from trm.config import ConfigError
+
 
 class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
@@ -15,7 +17,7 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     a deliberate stop (RunStopped) exits 1."""
     try:
         main(argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:

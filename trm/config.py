@@ -12,6 +12,11 @@ LossType = Literal["stablemax", "softmax"]
 Variant = Literal["trm", "single_z"]
 
 
+class ConfigError(Exception):
+    """An invalid configuration value. Deliberately not a ValueError, so that tyro does not
+    wrap it in its multi-line help box: the command line reports it as one line."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one Tiny Recursive Model (names follow the official config)."""
@@ -54,15 +59,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         for name in ("vocab_size", "seq_len", "hidden_size", "L_layers", "H_cycles",
                      "L_cycles", "halt_max_steps", "num_puzzle_identifiers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pos_encodings == "rope" and self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head dim, got {self.head_dim}")
+            raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:

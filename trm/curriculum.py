@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
-from trm.config import ModelConfig
+from trm.config import ConfigError, ModelConfig
 
 Phase = tuple[float, int, int]
 
@@ -24,10 +24,10 @@ def validate_phases(phases: tuple[Phase, ...]) -> None:
         return
     starts = [p[0] for p in phases]
     if starts[0] != 0.0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= 1:
-        raise ValueError(f"curriculum phases must start at 0.0 and increase below 1.0, "
+        raise ConfigError(f"curriculum phases must start at 0.0 and increase below 1.0, "
                          f"got starts {starts}")
     if any(h < 1 or l_ < 1 for _, h, l_ in phases):
-        raise ValueError("curriculum H_cycles and L_cycles must be >= 1")
+        raise ConfigError("curriculum H_cycles and L_cycles must be >= 1")
 
 
 def phase_index(phases: tuple[Phase, ...], step: int, total_steps: int) -> int:

@@ -1,0 +1,107 @@
+"""The training loop end to end on a tiny generated Sudoku set: resume, SIGKILL, NaN, flags."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import train as train_cli
+from trm.loop import NonFiniteLossError, train
+from trm.run_config import parse_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(tmp: Path, data: Path, *extra: str) -> list[str]:
+    return ["sudoku-tiny", "--no-track", "--run-dir", str(tmp), "--data.data-dir", str(data),
+            "--data.num-train", "48", "--data.num-test", "16", "--model.hidden-size", "32",
+            "--model.num-heads", "2", "--model.L-cycles", "1", "--model.halt-max-steps", "3",
+            "--model.halt-exploration-prob", "0.5", "--optim.global-batch-size", "8",
+            "--optim.lr-warmup-steps", "2", "--optim.epochs", "2", "--eval.eval-interval", "1",
+            "--checkpoint.no-async-save", *extra]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "sudoku"
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves((state.model, state.ema, state.opt_state,
+                                                    state.carry))]
+
+
+def test_resume_is_bitwise_exact(tmp_path, data_dir):
+    full = train(parse_cli(tiny_args(tmp_path / "full", data_dir, "--max-steps", "8")),
+                 progress=False)
+    part = tiny_args(tmp_path / "part", data_dir)
+    first = train(parse_cli(part + ["--max-steps", "5"]), progress=False)
+    assert first.steps == 5
+    resumed = train(parse_cli(part + ["--max-steps", "8"]), progress=False)
+    assert resumed.steps == 8 and len(resumed.train_metrics) == 3
+    for a, b in zip(leaves(full.state), leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(full.train_metrics[5:], resumed.train_metrics):
+        assert {k: v for k, v in a.items() if k != "examples_per_s"} == {
+            k: v for k, v in b.items() if k != "examples_per_s"}
+    assert full.eval_metrics["test"]["count"] == 16
+
+
+def test_resume_after_sigkill(tmp_path, data_dir):
+    args = tiny_args(tmp_path / "killed", data_dir, "--checkpoint.every-n-steps", "2",
+                     "--max-steps", "10", "--mesh.data", "2")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            time.sleep(np.random.default_rng().uniform(0.0, 2.0))
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(parse_cli(args), progress=False)
+    straight = train(parse_cli(tiny_args(tmp_path / "straight", data_dir, "--max-steps", "10",
+                                         "--mesh.data", "2")), progress=False)
+    assert resumed.steps == straight.steps == 10
+    for a, b in zip(leaves(straight.state), leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, capsys):
+    args = tiny_args(tmp_path / "run", data_dir)
+    train(parse_cli(args + ["--max-steps", "2"]), progress=False)
+    code = train_cli.main(args + ["--max-steps", "3", "--model.hidden-size", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another model config" in err and "hidden_size" in err
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    args = tiny_args(tmp_path / "nan", data_dir, "--checkpoint.every-n-steps", "2")
+    train(parse_cli(args + ["--max-steps", "2"]), progress=False)
+    # step 3 updates with lr 1e30 from good weights; the loss of step 4 is the first NaN
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4"):
+        train(parse_cli(args + ["--max-steps", "6", "--optim.lr", "1e30"]), progress=False)
+    steps = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == [2]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--optim.global-batch-size", "0"], "global_batch_size"),
+    (["--model.hidden-size", "30", "--model.num-heads", "4"], "divisible"),
+    (["--eval.eval-interval", "3"], "eval_interval"),
+])
+def test_bad_flags_give_one_line_errors(tmp_path, data_dir, capsys, flags, message):
+    assert train_cli.main(tiny_args(tmp_path, data_dir, *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,294 @@
+"""Run configuration: frozen, tyro-friendly dataclasses, named presets and the CLI parser.
+
+`python train.py <preset> --model.hidden-size 256 --optim.lr 3e-4 --no-track`: the first
+argument picks a preset from `PRESETS`, flags override its fields (`parse_cli`).
+The model's vocab_size / seq_len / num_puzzle_identifiers in a preset are the data set's
+published values; the training loop should take them from the data set's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import tyro
+
+from trm.config import ConfigError, ModelConfig
+
+Generated = Literal["none", "sudoku-tiny", "maze-tiny"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation (names follow the official pretrain config)."""
+
+    optimizer: Literal["adam_atan2", "adamw", "lion"] = "adam_atan2"
+    """Optimizer of the network weights."""
+    lr: float = 1e-4
+    """Peak learning rate of the network optimizer."""
+    lr_min_ratio: float = 1.0
+    """Cosine decays to lr * lr_min_ratio at the last step (1.0: constant after warm-up)."""
+    lr_warmup_steps: int = 2000
+    """Linear warm-up steps (both learning rates)."""
+    b1: float = 0.9
+    """First-moment decay."""
+    b2: float = 0.95
+    """Second-moment decay."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of all network weights."""
+    puzzle_emb_lr: float = 1e-2
+    """Peak learning rate of the puzzle-embedding sign-SGD."""
+    puzzle_emb_weight_decay: float = 0.1
+    """Decoupled weight decay of the puzzle-embedding rows used in a batch."""
+    ema: bool = True
+    """Keep an EMA of the network weights and evaluate with it."""
+    ema_rate: float = 0.999
+    """EMA: ema = rate * ema + (1 - rate) * weights, after every step."""
+    freeze_weights: bool = False
+    """Train only the puzzle embeddings (network weights fixed)."""
+    global_batch_size: int = 768
+    """Examples per optimizer step, over all devices and hosts."""
+    epochs: int = 100000
+    """Passes over the training set (sets the step budget and the lr schedule length)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr >= 0 and self.puzzle_emb_lr >= 0, "learning rates must be >= 0")
+        _check(0.0 <= self.lr_min_ratio <= 1.0,
+               f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
+        _check(self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0")
+        _check(0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0, "betas must be in [0, 1)")
+        _check(self.weight_decay >= 0 and self.puzzle_emb_weight_decay >= 0,
+               "weight decays must be >= 0")
+        _check(0.0 <= self.ema_rate < 1.0, f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        _check(self.global_batch_size >= 1, "global_batch_size must be >= 1")
+        _check(self.epochs >= 1, "epochs must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """When and what to evaluate."""
+
+    eval_interval: int | None = None
+    """Epochs between evaluations; must divide optim.epochs (None: only at the end)."""
+    min_eval_interval: int = 0
+    """Skip evaluations before this many eval intervals have passed."""
+    eval_sets: tuple[str, ...] = ("test",)
+    """Splits of the data directory to evaluate on."""
+    batch_size: int | None = None
+    """Global evaluation batch (None: optim.global_batch_size)."""
+    evaluators: tuple[Literal["arc"], ...] = ()
+    """Extra evaluators (arc: augmentation voting, pass@K, Kaggle submission)."""
+    save_outputs: tuple[str, ...] = ()
+    """Outputs to save per evaluation (e.g. inputs, labels, logits, q_halt_logits)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints (train state + data iterator + configs)."""
+
+    dir: str | None = None
+    """Checkpoint directory (None: <run_dir>/checkpoints)."""
+    every_n_steps: int | None = None
+    """Also save every N steps (None: save after each evaluation and at the end)."""
+    keep_last: int = 2
+    """Keep the K most recent checkpoints."""
+    keep_best_metric: str | None = None
+    """Also keep the best checkpoint by this metric (e.g. test/exact_accuracy)."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a larger or smaller keep_best_metric is better."""
+    async_save: bool = True
+    """Write checkpoints in a background thread."""
+    resume: bool = True
+    """Resume from the latest checkpoint in dir when there is one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with Aim."""
+
+    track: Annotated[bool, tyro.conf.arg(prefix_name=False)] = True
+    """Log to Aim (--no-track disables it)."""
+    repo: str = ".aim"
+    """Aim repository directory."""
+    experiment: str | None = None
+    """Aim experiment (None: the preset's name)."""
+    run_name: str | None = None
+    """Readable run name (None: experiment + time)."""
+    tags: tuple[str, ...] = ()
+    """Tags added to the Aim run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Devices and hosts."""
+
+    data: int = -1
+    """Size of the data-parallel mesh axis (-1: all devices)."""
+    distributed: bool = False
+    """Call jax.distributed.initialize (multi-host; cluster auto-detection if no address)."""
+    coordinator_address: str | None = None
+    """host:port of process 0 (multi-host without auto-detection)."""
+    num_processes: int | None = None
+    """Number of processes (multi-host without auto-detection)."""
+    process_id: int | None = None
+    """This process's index (multi-host without auto-detection)."""
+
+    def __post_init__(self) -> None:
+        _check(self.data == -1 or self.data >= 1, f"mesh.data must be -1 or >= 1, got {self.data}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data."""
+
+    data_dir: str = "data/sudoku-extreme-1k-aug-1000"
+    """Data set directory (train/ and test/ splits); the generated set is written here."""
+    generate: Generated = "none"
+    """Generate a small synthetic data set into data_dir first (none: read it as is)."""
+    num_train: int = 1000
+    """Puzzles to generate for training (with generate)."""
+    num_test: int = 200
+    """Puzzles to generate for testing (with generate)."""
+    num_aug: int = 0
+    """Augmented copies per training puzzle."""
+    num_workers: int = 0
+    """Loader worker processes (0: threads in this process)."""
+    seed: int = 0
+    """Seed of generation, shuffling and augmentation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    seed: int = 0
+    """Seed of parameter initialisation and training randomness."""
+    run_dir: str = "runs/trm"
+    """Directory of this run's outputs (checkpoints, predictions)."""
+    max_steps: int | None = None
+    """Stop after this many steps (the lr schedule still spans all epochs; None: all)."""
+
+    def __post_init__(self) -> None:
+        o, e = self.optim, self.eval
+        if self.mesh.data > 0:
+            _check(o.global_batch_size % self.mesh.data == 0,
+                   f"global_batch_size {o.global_batch_size} is not divisible by "
+                   f"mesh.data {self.mesh.data}")
+        if e.eval_interval is not None:
+            _check(e.eval_interval >= 1 and o.epochs % e.eval_interval == 0,
+                   f"eval_interval {e.eval_interval} must divide epochs {o.epochs}")
+        _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where checkpoints go: checkpoint.dir, else <run_dir>/checkpoints."""
+        return self.checkpoint.dir or f"{self.run_dir}/checkpoints"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
+    """`<preset> [--section.field value ...]` -> RunConfig (argv without the program name)."""
+    return tyro.extras.overridable_config_cli(PRESETS, args=argv)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the paper's recipes (README commands of the official code) and tiny CPU runs.
+
+def _paper(name: str, model: ModelConfig, data_dir: str, *, lr: float, puzzle_lr: float,
+           wd: float, epochs: int, eval_interval: int,
+           evaluators: tuple[Literal["arc"], ...] = ()) -> RunConfig:
+    """Official defaults (batch 768, warm-up 2000, constant lr, betas 0.9/0.95, EMA 0.999)."""
+    return RunConfig(
+        model=model,
+        optim=OptimConfig(lr=lr, puzzle_emb_lr=puzzle_lr, weight_decay=wd,
+                          puzzle_emb_weight_decay=wd, epochs=epochs, global_batch_size=768,
+                          lr_warmup_steps=2000, lr_min_ratio=1.0, ema=True, ema_rate=0.999),
+        eval=EvalConfig(eval_interval=eval_interval, evaluators=evaluators),
+        checkpoint=CheckpointConfig(keep_best_metric=None),
+        tracking=TrackingConfig(experiment=name),
+        data=DataConfig(data_dir=data_dir),
+        run_dir=f"runs/{name}",
+    )
+
+
+def _paper_model(**overrides: object) -> ModelConfig:
+    """Official arch/trm.yaml: hidden 512, 8 heads, expansion 4, 2 layers, ACT 16, bf16."""
+    base: dict[str, object] = {
+        "hidden_size": 512, "num_heads": 8, "expansion": 4.0, "L_layers": 2, "H_cycles": 3,
+        "L_cycles": 6, "puzzle_emb_len": 16, "puzzle_emb_ndim": None, "pos_encodings": "rope",
+        "halt_max_steps": 16, "halt_exploration_prob": 0.1, "no_ACT_continue": True,
+        "forward_dtype": "bfloat16", "loss_type": "stablemax"}
+    return ModelConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def _tiny(name: str, model: ModelConfig, generate: Generated, *, num_train: int,
+          epochs: int, eval_interval: int) -> RunConfig:
+    """A run that learns something on 2 CPU cores in minutes, on generated data."""
+    return RunConfig(
+        model=model,
+        optim=OptimConfig(lr=1e-3, puzzle_emb_lr=1e-2, weight_decay=0.1,
+                          puzzle_emb_weight_decay=0.1, lr_warmup_steps=50, epochs=epochs,
+                          global_batch_size=64, ema=True, ema_rate=0.99),
+        eval=EvalConfig(eval_interval=eval_interval),
+        checkpoint=CheckpointConfig(keep_last=2),
+        tracking=TrackingConfig(experiment=name),
+        data=DataConfig(data_dir=f"data/generated/{name}", generate=generate,
+                        num_train=num_train, num_test=128),
+        run_dir=f"runs/{name}",
+    )
+
+
+_SUDOKU = {"vocab_size": 11, "seq_len": 81, "num_puzzle_identifiers": 1}
+_MAZE = {"vocab_size": 6, "seq_len": 900, "num_puzzle_identifiers": 1}
+_ARC = {"vocab_size": 12, "seq_len": 900}
+_TINY = {"hidden_size": 64, "num_heads": 4, "expansion": 2.0, "L_layers": 2, "H_cycles": 2,
+         "L_cycles": 2, "puzzle_emb_len": 1, "halt_max_steps": 4, "forward_dtype": "float32"}
+
+PRESETS: dict[str, tuple[str, RunConfig]] = {
+    "sudoku-extreme": (
+        "Sudoku-Extreme 1k x 1000 aug: MLP-mixer (mlp_t), no positions, H3 L6, wd 1.0 (87.4%)",
+        _paper("sudoku-extreme", _paper_model(**_SUDOKU, mlp_t=True, pos_encodings="none"),
+               "data/sudoku-extreme-1k-aug-1000", lr=1e-4, puzzle_lr=1e-4, wd=1.0,
+               epochs=50000, eval_interval=5000)),
+    "sudoku-extreme-attn": (
+        "Sudoku-Extreme with attention + RoPE, H3 L6, wd 1.0 (74.7%)",
+        _paper("sudoku-extreme-attn", _paper_model(**_SUDOKU),
+               "data/sudoku-extreme-1k-aug-1000", lr=1e-4, puzzle_lr=1e-4, wd=1.0,
+               epochs=50000, eval_interval=5000)),
+    "maze-hard": (
+        "Maze-Hard 30x30: attention, H3 L4, wd 1.0 (85.3%)",
+        _paper("maze-hard", _paper_model(**_MAZE, L_cycles=4), "data/maze-30x30-hard-1k",
+               lr=1e-4, puzzle_lr=1e-4, wd=1.0, epochs=50000, eval_interval=5000)),
+    "arc-agi-1": (
+        "ARC-AGI-1 (+concept) 1000 aug: attention, H3 L4, puzzle lr 1e-2, wd 0.1 (44.6% pass@2)",
+        _paper("arc-agi-1", _paper_model(**_ARC, num_puzzle_identifiers=1, L_cycles=4),
+               "data/arc1concept-aug-1000", lr=1e-4, puzzle_lr=1e-2, wd=0.1,
+               epochs=100000, eval_interval=10000, evaluators=("arc",))),
+    "arc-agi-2": (
+        "ARC-AGI-2 (+concept) 1000 aug: attention, H3 L4, puzzle lr 1e-2, wd 0.1 (7.8% pass@2)",
+        _paper("arc-agi-2", _paper_model(**_ARC, num_puzzle_identifiers=1, L_cycles=4),
+               "data/arc2concept-aug-1000", lr=1e-4, puzzle_lr=1e-2, wd=0.1,
+               epochs=100000, eval_interval=10000, evaluators=("arc",))),
+    "sudoku-tiny": (
+        "CPU smoke run: generated 9x9 sudoku, hidden 64, 2 layers, H2 L2, ACT 4, batch 64",
+        _tiny("sudoku-tiny", ModelConfig(**_SUDOKU, **_TINY), "sudoku-tiny", num_train=1000,
+              epochs=40, eval_interval=10)),
+    "maze-tiny": (
+        "CPU smoke run: generated small mazes, hidden 64, 2 layers, H2 L2, ACT 4, batch 64",
+        _tiny("maze-tiny", ModelConfig(**{**_MAZE, "seq_len": 100}, **_TINY), "maze-tiny",
+              num_train=500, epochs=40, eval_interval=10)),
+}

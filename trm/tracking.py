@@ -1,0 +1,82 @@
+"""Experiment tracking: a thin wrapper over one Aim run (a no-op when tracking is off).
+
+Only process 0 writes. The full RunConfig is stored as the run's `hparams` (nested, so Aim
+queries read `run.hparams.optim.lr`). Metrics use plain names plus a context
+(`track({"lm_loss": x}, step, {"subset": "train"})`), Aim's way to split train/test curves.
+Browse with `aim up --repo <repo>`; reading runs back from Python needs them indexed first
+(`aim up` does it, or `aim storage --repo <repo> reindex -y`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Self
+
+import jax
+
+from trm.run_config import RunConfig, TrackingConfig
+
+TRAIN: dict[str, str] = {"subset": "train"}
+
+
+def hparams(run_config: RunConfig) -> dict[str, Any]:
+    """The run config as JSON data (nested dicts, tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(run_config)))
+
+
+def run_name(cfg: TrackingConfig) -> str:
+    """cfg.run_name, else '<experiment> <local time>'."""
+    return cfg.run_name or f"{cfg.experiment or 'trm'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+class Tracker:
+    """Logs scalars to an Aim run; every method is a no-op when `run` is None."""
+
+    def __init__(self, run: Any = None) -> None:
+        self.run = run
+
+    @classmethod
+    def open(cls, cfg: TrackingConfig, run_config: RunConfig) -> Tracker:
+        """Start a run in `cfg.repo` (process 0, `cfg.track` on), else a no-op tracker."""
+        if not cfg.track or jax.process_index() != 0:
+            return cls(None)
+        import aim  # imported lazily: a disabled tracker never loads Aim
+
+        run = aim.Run(repo=cfg.repo, experiment=cfg.experiment or "trm",
+                      system_tracking_interval=None, capture_terminal_logs=False)
+        run.name = run_name(cfg)
+        for tag in cfg.tags:
+            run.add_tag(tag)
+        run["hparams"] = hparams(run_config)
+        return cls(run)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run is not None
+
+    @property
+    def run_hash(self) -> str | None:
+        return None if self.run is None else self.run.hash
+
+    def track(self, metrics: Mapping[str, Any], step: int,
+              context: Mapping[str, str] = TRAIN) -> None:
+        """Log each scalar (Python/numpy/JAX) under its name at `step` in `context`."""
+        if self.run is None:
+            return
+        for name, value in metrics.items():
+            self.run.track(float(value), name=name, step=int(step), context=dict(context))
+
+    def close(self) -> None:
+        """Flush and close the run (safe to call twice)."""
+        if self.run is not None:
+            self.run.close()
+            self.run = None
+
+    def __enter__(self: Self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
