@@ -1,0 +1,104 @@
+"""`python -m data build sudoku|maze|arc ...` and `python -m data generate sudoku|maze ...`.
+
+Bad input prints one `error: ...` line and exits with status 1 (no traceback, no output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data import build, generate
+from data.arc import SUBSETS
+from data.common import DataError
+from data.maze_gen import default_min_path_length
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data", description=__doc__.split("\n")[0])
+    cmd = p.add_subparsers(dest="command", required=True)
+    b = cmd.add_parser("build", help="validate raw files and write a data set directory")
+    bk = b.add_subparsers(dest="kind", required=True)
+    s = bk.add_parser("sudoku", help="Sudoku-Extreme CSV files")
+    s.add_argument("--subsample-size", type=int, help="training puzzles to keep (seeded)")
+    s.add_argument("--min-rating", type=int, help="keep rows with rating >= R (both files)")
+    m = bk.add_parser("maze", help="Maze-Hard CSV files")
+    m.add_argument("--subsample-size", type=int, help="training mazes to keep (seeded)")
+    for q in (s, m):
+        q.add_argument("--train-csv", type=Path, required=True)
+        q.add_argument("--test-csv", type=Path, required=True)
+    a = bk.add_parser("arc", help="ARC JSON (arc-agi_<subset>_{challenges,solutions}.json)")
+    a.add_argument("--arc-dir", type=Path, required=True)
+    a.add_argument("--subsets", nargs="+", required=True, help=f"of {', '.join(SUBSETS)}")
+    a.add_argument("--test-subset", required=True,
+                   help="subset whose test pairs form the test split")
+    for q, aug in ((s, build.SUDOKU_NUM_AUG), (m, build.MAZE_NUM_AUG), (a, build.ARC_NUM_AUG)):
+        q.add_argument("--out", type=Path, required=True, help="data set directory")
+        q.add_argument("--seed", type=int, default=0, help="subsample / augmentation-pool seed")
+        q.add_argument("--num-aug", type=int, default=aug,
+                       help=f"default augmented copies per puzzle (default {aug})")
+
+    g = cmd.add_parser("generate", help="generate puzzles into a CSV file")
+    gk = g.add_subparsers(dest="kind", required=True)
+    gs = gk.add_parser("sudoku", help="unique-solution Sudokus (rating = solver guesses)")
+    gs.add_argument("--min-rating", type=int, default=0, help="keep puzzles with rating >= R")
+    gs.add_argument("--workers", type=int, help="processes (default: all cores)")
+    gm = gk.add_parser("maze", help="mazes with a unique shortest path (rating = its length)")
+    gm.add_argument("--size", type=int, default=30, help="side N of the N x N grid")
+    gm.add_argument("--min-path-length", type=int,
+                    help=f"minimum shortest path in moves (default {default_min_path_length(30)} "
+                         "at 30x30, scaled by area)")
+    gm.add_argument("--allow-ties", action="store_true",
+                    help="keep mazes with several shortest paths")
+    for q in (gs, gm):
+        q.add_argument("--count", type=int, required=True)
+        q.add_argument("--out", type=Path, required=True, help="CSV file to write")
+        q.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.command == "build":
+        common = dict(seed=args.seed, num_aug=args.num_aug)
+        if args.kind == "sudoku":
+            meta = build.build_sudoku(args.train_csv, args.test_csv, args.out,
+                                      subsample_size=args.subsample_size,
+                                      min_rating=args.min_rating, **common)
+        elif args.kind == "maze":
+            meta = build.build_maze(args.train_csv, args.test_csv, args.out,
+                                    subsample_size=args.subsample_size, **common)
+        else:
+            meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
+                                   **common)
+        return f"wrote {args.out}: " + json.dumps(meta)
+    t0 = time.perf_counter()
+    if args.kind == "sudoku":
+        generate.write_sudoku_csv(args.out, args.count, seed=args.seed,
+                                  min_rating=args.min_rating, workers=args.workers)
+        return f"wrote {args.count} Sudokus to {args.out} in {time.perf_counter() - t0:.1f} s"
+    lengths = generate.write_maze_csv(args.out, args.count, size=args.size,
+                                      min_path_length=args.min_path_length,
+                                      unique_path=not args.allow_ties, seed=args.seed)
+    pct = np.percentile(lengths, [0, 25, 50, 75, 100]) if len(lengths) else []
+    return (f"wrote {args.count} mazes to {args.out} in {time.perf_counter() - t0:.1f} s; "
+            f"path length min/25%/median/75%/max = {'/'.join(str(int(x)) for x in pct)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        print(_run(args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

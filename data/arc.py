@@ -1,0 +1,203 @@
+"""ARC JSON reader, the per-task augmentation pool (with the official dedup rule) and the
+(task, augmentation) <-> puzzle identifier map.
+
+Files: `<arc_dir>/arc-agi_<subset>_challenges.json` ({task: {"train": [{input, output}],
+"test": [{input}]}}) and `..._solutions.json` ({task: [output, ...]}, one per test input).
+
+Pool: augmentation 0 of every task is the original; candidates (dihedral id, permutation of
+colours 1..9) are drawn from a per-task seeded stream and kept only if the augmented task (the
+sorted multiset of its (input, output) pairs, demonstrations and tests) differs from every
+task already kept, as the official builder does, with at most 5 * num_aug candidates
+(symmetric or few-colour tasks may end with fewer copies). Identifiers: 0 is blank, then
+task t's copies k = 0..count[t]-1 are numbered consecutively.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from jaxtyping import Int, Integer, UInt8
+from tqdm import tqdm
+
+from data.augment import dihedral
+from data.common import ARC_SIZE, DataError, read_json
+
+SUBSETS = ("training", "evaluation", "concept", "training2", "evaluation2")
+RETRIES_FACTOR = 5
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+class ArcTask(NamedTuple):
+    """One task: id, subset, demonstration pairs and test pairs (uint8 grids)."""
+
+    id: str
+    subset: str
+    train: list[Pair]
+    test: list[Pair]
+
+
+class Pool(NamedTuple):
+    """Augmentations per task: dihedral [T, P], colour maps [T, P, 10], valid count [T]."""
+
+    dihedral: UInt8[np.ndarray, "t p"]
+    colours: UInt8[np.ndarray, "t p 10"]
+    count: Int[np.ndarray, " t"]
+
+
+def _grid(where: str, value: Any) -> np.ndarray:
+    """Validate one grid: a non-empty rectangular list of lists, <= 30x30, colours 0..9."""
+    if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
+        raise DataError(f"{where}: grid must be a non-empty list of rows")
+    widths = {len(r) for r in value}
+    if len(widths) != 1:
+        raise DataError(f"{where}: ragged grid (row lengths {sorted(widths)})")
+    h, w = len(value), widths.pop()
+    if not 1 <= h <= ARC_SIZE or not 1 <= w <= ARC_SIZE:
+        raise DataError(f"{where}: grid is {h}x{w}, must be 1x1 to {ARC_SIZE}x{ARC_SIZE}")
+    flat = [v for r in value for v in r]
+    bad = [v for v in flat if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 9]
+    if bad:
+        raise DataError(f"{where}: colour {bad[0]!r} outside 0..9")
+    return np.array(value, np.uint8)
+
+
+def _pairs(where: str, examples: Any, outputs: list[Any] | None) -> list[Pair]:
+    if not isinstance(examples, list):
+        raise DataError(f"{where}: must be a list of examples")
+    pairs = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict) or "input" not in ex:
+            raise DataError(f"{where}[{i}]: example must have an 'input'")
+        out = ex.get("output") if outputs is None else outputs[i]
+        if out is None:
+            raise DataError(f"{where}[{i}]: example has no 'output'")
+        pairs.append((_grid(f"{where}[{i}].input", ex["input"]),
+                      _grid(f"{where}[{i}].output", out)))
+    return pairs
+
+
+def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
+    """All tasks of one subset, with their test outputs from the solutions file."""
+    if subset not in SUBSETS:
+        raise DataError(f"unknown ARC subset {subset!r} (known: {', '.join(SUBSETS)})")
+    cpath = Path(arc_dir) / f"arc-agi_{subset}_challenges.json"
+    spath = Path(arc_dir) / f"arc-agi_{subset}_solutions.json"
+    challenges = read_json(cpath)
+    if not spath.is_file():
+        raise DataError(f"{spath}: solutions file not found (needed for subset {subset!r})")
+    solutions = read_json(spath)
+    if not isinstance(challenges, dict) or not isinstance(solutions, dict):
+        raise DataError(f"{cpath}: challenges and solutions must be JSON objects by task id")
+    tasks = []
+    for tid, task in challenges.items():
+        where = f"{cpath}, task {tid}"
+        if not isinstance(task, dict) or not isinstance(task.get("train"), list) \
+                or not isinstance(task.get("test"), list) or not task["train"]:
+            raise DataError(f"{where}: must have non-empty 'train' and a 'test' list")
+        sols = solutions.get(tid)
+        if not isinstance(sols, list) or len(sols) != len(task["test"]):
+            got = "none" if sols is None else (len(sols) if isinstance(sols, list) else "bad")
+            raise DataError(f"{spath}, task {tid}: expected {len(task['test'])} solution "
+                            f"grids, got {got}")
+        tasks.append(ArcTask(tid, subset, _pairs(f"{where}, train", task["train"], None),
+                             _pairs(f"{where}, test", task["test"], sols)))
+    return tasks
+
+
+def read_arc(arc_dir: Path, subsets: list[str] | tuple[str, ...]) -> list[ArcTask]:
+    """Tasks of several subsets, in subset then file order; task ids must be unique."""
+    if not subsets:
+        raise DataError("no ARC subsets given")
+    tasks: list[ArcTask] = []
+    owner: dict[str, str] = {}
+    for subset in subsets:
+        for task in read_subset(arc_dir, subset):
+            if task.id in owner:
+                raise DataError(f"task {task.id} appears in both subsets {owner[task.id]!r} "
+                                f"and {subset!r}")
+            owner[task.id] = subset
+            tasks.append(task)
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation pool
+
+
+def _canonical(flat: np.ndarray, spans: list[tuple[int, int, bytes]], n_pairs: int,
+               perm: np.ndarray) -> bytes:
+    """Exact key of an augmented task: its sorted (input, output) pairs."""
+    data = perm[flat].tobytes()
+    parts = [head + data[a:b] for a, b, head in spans]
+    return b"|".join(sorted(parts[2 * i] + b"/" + parts[2 * i + 1] for i in range(n_pairs)))
+
+
+def task_pool(task: ArcTask, num_aug: int, seed: int) -> tuple[list[int], list[np.ndarray]]:
+    """Dihedral ids and colour maps [10] of task's distinct augmentations (0 = original)."""
+    pairs = task.train + task.test
+    grids = [g for pair in pairs for g in pair]
+    used = np.unique(np.concatenate([g.ravel() for g in grids]))
+    layouts = []
+    for t in range(8):
+        moved = [dihedral(g, t) for g in grids]
+        offsets = np.cumsum([0] + [g.size for g in moved])
+        spans = [(int(a), int(b), bytes(g.shape)) for a, b, g in zip(offsets, offsets[1:], moved)]
+        layouts.append((np.concatenate([g.ravel() for g in moved]), spans))
+    identity = np.arange(10, dtype=np.uint8)
+    trans, colours = [0], [identity]
+    if num_aug == 0:
+        return trans, colours
+    seen = {_canonical(*layouts[0], len(pairs), identity)}
+    tried: set[tuple[int, bytes]] = set()
+    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode())])
+    n = RETRIES_FACTOR * num_aug
+    cand_t = rng.integers(0, 8, n)
+    cand_c = np.concatenate([np.zeros((n, 1), np.uint8),
+                             (np.argsort(rng.random((n, 9)), axis=1) + 1).astype(np.uint8)], 1)
+    for t, perm in zip(cand_t.tolist(), cand_c):
+        key = (t, perm[used].tobytes())
+        if key in tried:
+            continue
+        tried.add(key)
+        canon = _canonical(*layouts[t], len(pairs), perm)
+        if canon in seen:
+            continue
+        seen.add(canon)
+        trans.append(t)
+        colours.append(perm)
+        if len(trans) == num_aug + 1:
+            break
+    return trans, colours
+
+
+def build_pool(tasks: list[ArcTask], num_aug: int, seed: int, progress: bool = True) -> Pool:
+    """The augmentation pool of every task (padded to num_aug + 1 with the identity)."""
+    p = num_aug + 1
+    dih = np.zeros((len(tasks), p), np.uint8)
+    col = np.tile(np.arange(10, dtype=np.uint8), (len(tasks), p, 1))
+    count = np.zeros(len(tasks), np.int64)
+    for i, task in enumerate(tqdm(tasks, desc="ARC augmentation pool", disable=not progress)):
+        trans, colours = task_pool(task, num_aug, seed)
+        count[i] = len(trans)
+        dih[i, :len(trans)] = trans
+        col[i, :len(trans)] = np.stack(colours)
+    return Pool(dih, col, count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifiers
+
+
+def identifier_starts(count: Integer[np.ndarray, " t"]) -> Int[np.ndarray, " t"]:
+    """Identifier of each task's original (copy 0); copy k of task t is starts[t] + k."""
+    return (1 + np.concatenate([[0], np.cumsum(count)[:-1]])).astype(np.int64)
+
+
+def decode_identifiers(starts: Integer[np.ndarray, " t"], ids: Integer[np.ndarray, "*b"]
+                       ) -> tuple[Int[np.ndarray, "*b"], Int[np.ndarray, "*b"]]:
+    """(task index, augmentation index) of puzzle identifiers (>= 1)."""
+    task = np.asarray(np.searchsorted(starts, ids, side="right") - 1, np.int64)
+    return task, np.asarray(ids - starts[task], np.int64)

@@ -1,0 +1,82 @@
+"""Shared pieces of the data package: the error type, token ids, atomic file output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PAD_ID = 0
+"""Token 0 pads inputs; a label 0 is ignored (mapped to IGNORE_LABEL_ID by the pipeline)."""
+IGNORE_LABEL_ID = -100
+"""Label id the loss ignores (official `IGNORE_LABEL_ID`)."""
+BLANK_IDENTIFIER_ID = 0
+"""Puzzle identifier 0 is "<blank>": padding rows, and every Sudoku / maze puzzle."""
+
+SUDOKU_VOCAB, SUDOKU_SEQ = 11, 81        # PAD, blank, digits 1..9 -> 0, 1, 2..10
+MAZE_CHARSET = "# SGo"                  # wall, free, start, goal, path -> 1..5
+MAZE_VOCAB = len(MAZE_CHARSET) + 1
+ARC_VOCAB, ARC_SIZE = 12, 30            # PAD 0, EOS 1, colours 0..9 -> 2..11; 30x30 canvas
+ARC_EOS = 1
+ARC_SEQ = ARC_SIZE * ARC_SIZE
+
+
+class DataError(Exception):
+    """Bad input or a bad request; the message names the file, row/task and the problem."""
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing or malformed file raises DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `out`; on success it replaces `out`.
+
+    On any exception the temporary directory is removed and `out` is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `out`; on success it is renamed to `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.chmod(0o644)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)

@@ -1,0 +1,117 @@
+"""On-disk layout of a built data set and its metadata.
+
+    DIR/metadata.json                       DatasetMetadata fields per split + build info
+    DIR/{train,test}/{inputs,labels}.npy    Sudoku, maze: uint8 tokens [n, seq_len]
+    DIR/arc/*.npy, DIR/arc/tasks.json       ARC: base grids, example table, augmentation pool
+
+Only base puzzles are stored; augmentation happens in the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from jaxtyping import Int, UInt8
+
+from data.common import BLANK_IDENTIFIER_ID, IGNORE_LABEL_ID, PAD_ID, DataError, read_json
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMetadata:
+    """What the model config and the step budget need from one split of a data set.
+
+    total_steps = epochs * total_groups * mean_puzzle_examples / global_batch (official);
+    `examples_per_epoch` is what one pass of `train_iterator` (train) or `eval_batches`
+    (test: every augmented copy) actually yields.
+    """
+
+    name: str                       # "sudoku" | "maze" | "arc"
+    split: str
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int               # base puzzles (ARC: tasks)
+    mean_puzzle_examples: float     # examples per puzzle, averaged over the pooled copies
+    total_puzzles: int              # puzzles in the pool at default_num_aug
+    examples_per_epoch: int
+    default_num_aug: int
+    grid_size: int                  # 9, maze side, 30
+    pad_id: int = PAD_ID
+    ignore_label_id: int = IGNORE_LABEL_ID
+    blank_identifier_id: int = BLANK_IDENTIFIER_ID
+
+
+def write_metadata(out: Path, common: dict[str, Any], splits: dict[str, dict[str, Any]],
+                   build: dict[str, Any]) -> None:
+    """metadata.json: shared fields, per-split statistics, build information."""
+    doc = {"format": FORMAT_VERSION, **common, "splits": splits, "build": build}
+    (out / "metadata.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def read_metadata_json(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / "metadata.json"
+    if not path.is_file():
+        raise DataError(f"{data_dir}: not a built data set (no metadata.json); "
+                        "build it with `python -m data build ...`")
+    doc = read_json(path)
+    if doc.get("format") != FORMAT_VERSION:
+        raise DataError(f"{path}: format {doc.get('format')!r}, expected {FORMAT_VERSION}; "
+                        "rebuild the data set")
+    return doc
+
+
+def load_metadata(data_dir: Path | str, split: str = "train") -> DatasetMetadata:
+    """DatasetMetadata of one split ("train" or "test") of a built data set."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (expected one of {SPLITS})")
+    doc = read_metadata_json(Path(data_dir))
+    fields = {f.name for f in dataclasses.fields(DatasetMetadata)}
+    shared = {k: v for k, v in doc.items() if k in fields}
+    return DatasetMetadata(split=split, **shared, **doc["splits"][split])
+
+
+def write_puzzles(out: Path, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
+    (out / split).mkdir(parents=True, exist_ok=True)
+    np.save(out / split / "inputs.npy", inputs.astype(np.uint8))
+    np.save(out / split / "labels.npy", labels.astype(np.uint8))
+
+
+def read_puzzles(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) uint8 tokens [n, seq_len], memory-mapped."""
+    d = Path(data_dir) / split
+    return (np.load(d / "inputs.npy", mmap_mode="r"), np.load(d / "labels.npy", mmap_mode="r"))
+
+
+class ArcArrays(NamedTuple):
+    """Base ARC data. Examples are grouped by task (a task's train examples, then its test
+    examples, each in file order); split 0 = train, 1 = test (test pairs of the test subset)."""
+
+    grids: UInt8[np.ndarray, "n 2 30 30"]      # raw colours, top-left, zero elsewhere
+    shapes: UInt8[np.ndarray, "n 2 2"]         # (height, width) of input and output
+    task: Int[np.ndarray, " n"]
+    split: UInt8[np.ndarray, " n"]
+    index: Int[np.ndarray, " n"]               # position among the task's examples of its split
+    pool_dihedral: UInt8[np.ndarray, "t p"]
+    pool_colours: UInt8[np.ndarray, "t p 10"]
+    pool_count: Int[np.ndarray, " t"]
+
+
+def write_arc(out: Path, arrays: ArcArrays, tasks: list[tuple[str, str]]) -> None:
+    (out / "arc").mkdir(parents=True, exist_ok=True)
+    for name, value in arrays._asdict().items():
+        np.save(out / "arc" / f"{name}.npy", value)
+    (out / "arc" / "tasks.json").write_text(json.dumps(tasks) + "\n")
+
+
+def read_arc(data_dir: Path) -> tuple[ArcArrays, list[tuple[str, str]]]:
+    """(arrays, [(task id, subset), ...]) of a built ARC data set."""
+    d = Path(data_dir) / "arc"
+    arrays = ArcArrays(*(np.load(d / f"{name}.npy") for name in ArcArrays._fields))
+    return arrays, [tuple(x) for x in read_json(d / "tasks.json")]

@@ -1,0 +1,162 @@
+"""ARC: JSON validation, the official split, the deduplicated augmentation pool and the
+(task, copy) <-> identifier map, on small synthetic tasks written by the tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_data_fixtures import arc_task, small_arc, write_arc
+
+from data import arc, augment, build
+from data.common import DataError
+from data.store import load_metadata, read_arc
+
+
+def augmented_key(task: arc.ArcTask, t: int, perm: np.ndarray) -> list[tuple[bytes, ...]]:
+    """The augmented task as a sorted list of its pairs (shape + bytes), independently."""
+    def enc(g: np.ndarray) -> tuple:
+        a = augment.arc_augment(g, t, perm)
+        return a.shape, a.tobytes()
+    return sorted((enc(i), enc(o)) for i, o in task.train + task.test)
+
+
+def test_reader_merges_solutions_and_keeps_order(tmp_path):
+    small_arc(tmp_path)
+    tasks = arc.read_arc(tmp_path, ["training", "evaluation"])
+    assert [t.id for t in tasks] == ["tr0", "tr1", "tr2", "two_colour", "blank", "ev0", "ev1"]
+    raw = json.loads((tmp_path / "arc-agi_evaluation_solutions.json").read_text())
+    ev0 = tasks[5]
+    assert len(ev0.test) == 2 and ev0.subset == "evaluation"
+    assert (ev0.test[1][1] == np.array(raw["ev0"][1])).all()
+    assert ev0.train[0][0].dtype == np.uint8
+
+
+def test_build_uses_the_official_split(tmp_path):
+    small_arc(tmp_path / "raw")
+    build.build_arc(tmp_path / "raw", ["training", "evaluation"], "evaluation", tmp_path / "out",
+                    num_aug=3, progress=False)
+    arrays, tasks = read_arc(tmp_path / "out")
+    names = [t for t, _ in tasks]
+    test_rows = np.flatnonzero(arrays.split == 1)
+    assert [names[t] for t in arrays.task[test_rows]] == ["ev0", "ev0", "ev1"]
+    assert arrays.index[test_rows].tolist() == [0, 1, 0]
+    per_task = np.bincount(arrays.task[arrays.split == 0], minlength=len(names))
+    # training tasks: demos + test pairs; evaluation tasks: demos only
+    assert per_task.tolist() == [3, 4, 3, 2, 2, 3, 2]
+    raw = arc.read_arc(tmp_path / "raw", ["training", "evaluation"])
+    r = test_rows[1]
+    (h, w) = arrays.shapes[r, 1]
+    assert (arrays.grids[r, 1, :h, :w] == raw[5].test[1][1]).all()
+    meta, test_meta = load_metadata(tmp_path / "out"), load_metadata(tmp_path / "out", "test")
+    counts = arrays.pool_count
+    assert meta.num_puzzle_identifiers == 1 + counts.sum()
+    assert (meta.vocab_size, meta.seq_len) == (12, 900)
+    assert meta.total_groups == 7 and test_meta.total_groups == 2
+    assert meta.mean_puzzle_examples == pytest.approx((counts * per_task).sum() / counts.sum())
+    assert test_meta.examples_per_epoch == counts[5] * 2 + counts[6] * 1
+
+
+def test_pool_copies_are_distinct_and_deduplicated(tmp_path):
+    small_arc(tmp_path)
+    tasks = arc.read_arc(tmp_path, ["training", "evaluation"])
+    pool = arc.build_pool(tasks, 40, seed=0, progress=False)
+    by_id = {t.id: i for i, t in enumerate(tasks)}
+    for i, task in enumerate(tasks):
+        n = pool.count[i]
+        assert pool.dihedral[i, 0] == 0 and (pool.colours[i, 0] == np.arange(10)).all()
+        assert (pool.colours[i, :n, 0] == 0).all()
+        keys = [augmented_key(task, int(pool.dihedral[i, k]), pool.colours[i, k])
+                for k in range(n)]
+        assert len({repr(k) for k in keys}) == n                   # all copies distinct
+    assert pool.count[by_id["tr0"]] == 41
+    assert pool.count[by_id["blank"]] == 1                         # every augmentation == original
+    # two colours (0, 3): at most 8 transforms x 9 targets for colour 3; count them directly
+    two = tasks[by_id["two_colour"]]
+    distinct = {repr(augmented_key(two, t, np.array([0, 1, 2, c, 4, 5, 6, 7, 8, 9])))
+                for t in range(8) for c in range(1, 10)}
+    small = arc.build_pool([two], 200, seed=0, progress=False)
+    assert small.count[0] == len(distinct) <= 72
+
+
+def test_pool_is_seeded_per_task(tmp_path):
+    small_arc(tmp_path)
+    tasks = arc.read_arc(tmp_path, ["training"])
+    a = arc.build_pool(tasks, 5, seed=0, progress=False)
+    b = arc.build_pool(tasks[1:], 5, seed=0, progress=False)    # independent of other tasks
+    c = arc.build_pool(tasks, 5, seed=1, progress=False)
+    assert (a.colours[1:] == b.colours).all() and (a.dihedral[1:] == b.dihedral).all()
+    assert not (a.colours == c.colours).all()
+
+
+def test_identifiers_are_unique_and_decode_back():
+    count = np.array([3, 1, 5, 2])
+    starts = arc.identifier_starts(count)
+    ids = np.concatenate([starts[t] + np.arange(c) for t, c in enumerate(count)])
+    assert ids.tolist() == list(range(1, 1 + count.sum()))       # 0 stays the blank id
+    task, copy = arc.decode_identifiers(starts, ids)
+    assert task.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
+    assert copy.tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 4, 0, 1]
+
+
+def _one_task(tmp_path, task: dict, solutions=None):
+    write_arc(tmp_path, {"training": {"t1": task}})
+    if solutions is not None:
+        (tmp_path / "arc-agi_training_solutions.json").write_text(json.dumps(solutions))
+    return tmp_path
+
+
+GOOD = {"train": [{"input": [[1, 2]], "output": [[3]]}],
+        "test": [{"input": [[0]], "output": [[1]]}]}
+
+
+@pytest.mark.parametrize("task, message", [
+    ({**GOOD, "train": [{"input": [[1, 2], [3]], "output": [[3]]}]},
+     "train\\[0\\].input: ragged grid"),
+    ({**GOOD, "train": [{"input": [[0] * 31], "output": [[3]]}]}, "grid is 1x31, must be"),
+    ({**GOOD, "train": [{"input": [[1, 10]], "output": [[3]]}]}, "colour 10 outside 0..9"),
+    ({**GOOD, "train": [{"input": [[1, -1]], "output": [[3]]}]}, "colour -1 outside"),
+    ({**GOOD, "train": [{"input": [["a"]], "output": [[3]]}]}, "colour 'a' outside"),
+    ({**GOOD, "train": [{"input": [], "output": [[3]]}]}, "non-empty list of rows"),
+    ({**GOOD, "train": [{"input": [[1]]}]}, "train\\[0\\]: example has no 'output'"),
+    ({"train": [], "test": []}, "must have non-empty 'train'"),
+])
+def test_bad_tasks(tmp_path, task, message):
+    _one_task(tmp_path, task)
+    with pytest.raises(DataError, match=message) as e:
+        arc.read_subset(tmp_path, "training")
+    assert "arc-agi_training_challenges.json, task t1" in str(e.value)
+
+
+def test_bad_solutions_and_subsets(tmp_path):
+    _one_task(tmp_path, GOOD, solutions={"t1": []})
+    with pytest.raises(DataError, match="task t1: expected 1 solution grids, got 0"):
+        arc.read_subset(tmp_path, "training")
+    _one_task(tmp_path, GOOD, solutions={"t1": [[[1, 11]]]})
+    with pytest.raises(DataError, match="task t1, test\\[0\\].output: colour 11"):
+        arc.read_subset(tmp_path, "training")
+    (tmp_path / "arc-agi_training_solutions.json").unlink()
+    with pytest.raises(DataError, match="solutions file not found"):
+        arc.read_subset(tmp_path, "training")
+    with pytest.raises(DataError, match="unknown ARC subset 'trainig'"):
+        arc.read_subset(tmp_path, "trainig")
+    with pytest.raises(DataError, match="challenges.json: file not found"):
+        arc.read_subset(tmp_path, "evaluation")
+    (tmp_path / "arc-agi_concept_challenges.json").write_text("{oops")
+    with pytest.raises(DataError, match="not valid JSON"):
+        arc.read_subset(tmp_path, "concept")
+
+
+def test_build_arc_rejects_bad_requests_and_writes_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    write_arc(tmp_path / "raw", {"training": {"a": arc_task(rng, 2, 1)},
+                                 "evaluation": {"a": arc_task(rng, 2, 1)}})
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="task a appears in both subsets 'training' and 'eval"):
+        build.build_arc(tmp_path / "raw", ["training", "evaluation"], "evaluation", out)
+    with pytest.raises(DataError, match="test subset 'concept' is not among"):
+        build.build_arc(tmp_path / "raw", ["training"], "concept", out)
+    with pytest.raises(DataError, match="unknown ARC subset 'evaluation3'"):
+        build.build_arc(tmp_path / "raw", ["training"], "evaluation3", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

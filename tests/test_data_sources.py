@@ -1,0 +1,152 @@
+"""CSV readers: token encodings of the official builders, options, and one clear error (file,
+line, problem) for every kind of bad row; the CLI prints it and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data_fixtures import MAZE_A, MAZE_Q, maze_rows, sudoku_rows, write_csv
+
+from data import build, sources
+from data.__main__ import main
+from data.common import DataError
+from data.store import load_metadata, read_puzzles
+
+
+def test_sudoku_tokens_match_the_official_encoding(tmp_path):
+    q = "5." + "0" * 79
+    a = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+    rows = sources.read_sudoku_csv(write_csv(tmp_path / "s.csv", [(q, a, 3)]))
+    expected_in = np.full(81, 1)
+    expected_in[0] = 6                                  # digit 5 -> 6; '.' and '0' -> 1
+    assert (rows.inputs[0] == expected_in).all()
+    assert (rows.labels[0] == np.array([int(c) + 1 for c in a])).all()
+    assert rows.inputs.dtype == np.uint8 and rows.ratings.tolist() == [3]
+
+
+def test_sudoku_min_rating_and_seeded_subsample(tmp_path):
+    path = write_csv(tmp_path / "s.csv", sudoku_rows(30, 0))       # ratings k % 5
+    rows = sources.read_sudoku_csv(path, min_rating=3)
+    assert len(rows.inputs) == 12 and (rows.ratings >= 3).all()
+    sub = sources.subsample(rows, 5, seed=1)
+    assert len(sub.inputs) == 5 and (np.diff(sub.lines) > 0).all()
+    assert (sources.subsample(rows, 5, seed=1).lines == sub.lines).all()
+    assert not (sources.subsample(rows, 5, seed=2).lines == sub.lines).all()
+
+
+def test_maze_tokens_match_the_official_encoding(tmp_path):
+    rows = sources.read_maze_csv(write_csv(tmp_path / "m.csv", maze_rows(2)))
+    charset = "# SGo"
+    assert (rows.inputs[0] == [charset.index(c) + 1 for c in "".join(MAZE_Q)]).all()
+    assert (rows.labels[1] == [charset.index(c) + 1 for c in "".join(MAZE_A)]).all()
+
+
+GOOD_Q, GOOD_A, _ = sudoku_rows(1, 0)[0]
+BAD_A = GOOD_A[:9] + GOOD_A[10] + GOOD_A[9] + GOOD_A[11:]           # swapped: rows still ok
+CLUE = next(i for i, c in enumerate(GOOD_Q) if c != ".")
+
+
+@pytest.mark.parametrize("rows, line, message", [
+    ([(GOOD_Q + ".", GOOD_A, 0)], 2, "question has 82 characters, expected 81"),
+    ([(GOOD_Q, GOOD_A[:-1], 0)], 2, "answer has 80 characters"),
+    ([(GOOD_Q, GOOD_A, 0), ("x" + GOOD_Q[1:], GOOD_A, 0)], 3, "question character 'x'"),
+    ([(GOOD_Q, "0" + GOOD_A[1:], 0)], 2, "answer character '0'"),
+    ([(GOOD_Q[:CLUE] + str(int(GOOD_A[CLUE]) % 9 + 1) + GOOD_Q[CLUE + 1:], GOOD_A, 0)], 2,
+     "contradicts a clue"),
+    ([("." * 81, BAD_A, 0)], 2, "not a valid Sudoku"),
+    ([(GOOD_Q, GOOD_A, "hard")], 2, "rating 'hard' is not an integer"),
+    ([(GOOD_Q, GOOD_A)], 2, "expected 4 columns"),
+    ([(GOOD_Q, "é" * 81, 0)], 2, "non-ASCII"),
+])
+def test_sudoku_bad_rows(tmp_path, rows, line, message):
+    path = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(DataError, match=message) as e:
+        sources.read_sudoku_csv(path)
+    assert str(e.value).startswith(f"{path}, line {line}: ")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        sources.read_sudoku_csv(tmp_path / "missing.csv")
+    (tmp_path / "h.csv").write_text("q,a\n")
+    with pytest.raises(DataError, match="line 1: header must be"):
+        sources.read_maze_csv(tmp_path / "h.csv")
+    with pytest.raises(DataError, match="no puzzle rows"):
+        sources.read_sudoku_csv(write_csv(tmp_path / "e.csv", []))
+    with pytest.raises(DataError, match="no row has rating >= 9"):
+        sources.read_sudoku_csv(write_csv(tmp_path / "r.csv", sudoku_rows(3, 0)), min_rating=9)
+
+
+def _maze(q: list[str], a: list[str]) -> tuple[str, str, int]:
+    return "".join(q), "".join(a), 0
+
+
+LONG_A = ["#S###", "#o#o#", "#ooo#", "###o#", "#Goo#"]             # detour through (1,3)
+
+
+@pytest.mark.parametrize("row, message", [
+    (_maze(MAZE_Q, MAZE_A[:-1] + ["#Goo"]), "answer has 24 characters, expected 25"),
+    (_maze(["#S#x#"] + MAZE_Q[1:], MAZE_A), "question character 'x'"),
+    (_maze(["#So##"] + MAZE_Q[1:], MAZE_A), "question character 'o'"),
+    (_maze(["#SS##"] + MAZE_Q[1:], MAZE_A), "exactly one start"),
+    (_maze(MAZE_Q, ["#S#o#"] + MAZE_A[1:]), "other than by 'o' on free cells"),
+    (_maze(MAZE_Q, LONG_A), "not a shortest path"),
+    (_maze(MAZE_Q, MAZE_Q), "not a shortest path"),
+])
+def test_maze_bad_rows(tmp_path, row, message):
+    path = write_csv(tmp_path / "bad.csv", maze_rows(1) + [row])
+    with pytest.raises(DataError, match=message) as e:
+        sources.read_maze_csv(path)
+    assert f"{path}, line " in str(e.value)
+
+
+def test_maze_grid_must_be_square(tmp_path):
+    path = write_csv(tmp_path / "bad.csv", [("#S  G", "#SooG", 0)])
+    with pytest.raises(DataError, match=f"{path}, line 2: question length 5 is not a square"):
+        sources.read_maze_csv(path)
+
+
+def test_build_writes_base_arrays_and_metadata(tmp_path):
+    tr = write_csv(tmp_path / "tr.csv", sudoku_rows(10, 0))
+    te = write_csv(tmp_path / "te.csv", sudoku_rows(4, 1))
+    build.build_sudoku(tr, te, tmp_path / "out", subsample_size=6, seed=3)
+    meta = load_metadata(tmp_path / "out")
+    assert (meta.vocab_size, meta.seq_len, meta.num_puzzle_identifiers) == (11, 81, 1)
+    assert (meta.total_groups, meta.mean_puzzle_examples, meta.default_num_aug) == (6, 1.0, 1000)
+    assert load_metadata(tmp_path / "out", "test").total_groups == 4
+    inputs, labels = read_puzzles(tmp_path / "out", "train")
+    assert inputs.shape == labels.shape == (6, 81)
+    mtr = write_csv(tmp_path / "mtr.csv", maze_rows(3))
+    build.build_maze(mtr, mtr, tmp_path / "maze")
+    meta = load_metadata(tmp_path / "maze", "test")
+    assert (meta.vocab_size, meta.seq_len, meta.grid_size) == (6, 25, 5)
+
+
+def test_cli_error_exits_nonzero_and_writes_nothing(tmp_path, capsys):
+    good = write_csv(tmp_path / "good.csv", sudoku_rows(3, 0))
+    bad = write_csv(tmp_path / "bad.csv", [(GOOD_Q, GOOD_A[:-1], 0)])
+    out = tmp_path / "out"
+    assert main(["build", "sudoku", "--train-csv", str(good), "--test-csv", str(bad),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}, line 2: answer has 80 characters")
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "good.csv"]
+    assert main(["build", "sudoku", "--train-csv", str(good), "--test-csv", str(good),
+                 "--out", str(out)]) == 0
+    before = (out / "train" / "inputs.npy").read_bytes()
+    assert main(["build", "sudoku", "--train-csv", str(bad), "--test-csv", str(good),
+                 "--out", str(out)]) == 1                               # old data set intact
+    assert (out / "train" / "inputs.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "good.csv", "out"]
+
+
+def test_cli_build_maze_and_help(tmp_path, capsys):
+    path = write_csv(tmp_path / "m.csv", maze_rows(2))
+    assert main(["build", "maze", "--train-csv", str(path), "--test-csv", str(path),
+                 "--out", str(tmp_path / "maze")]) == 0
+    assert Path(tmp_path / "maze" / "metadata.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["build", "nonsense"])
