@@ -69,3 +69,37 @@ def test_step_penalty_pushes_halting_more_after_more_steps():
                                          "softmax")[0])(out.q_halt_logits)
     push = np.asarray(grad0 - grad)  # towards a larger q_halt, growing with steps
     assert push[1] > push[0] > 0
+
+
+def test_lr_scales_with_batch():
+    from trm.optim import build_schedules, lr_batch_scale
+    from trm.run_config import OptimConfig
+    base = dict(lr=1e-4, puzzle_emb_lr=1e-2, lr_warmup_steps=0, lr_reference_batch=6144)
+    sqrt = OptimConfig(global_batch_size=24576, lr_batch_scaling="sqrt", **base)
+    assert lr_batch_scale(sqrt) == pytest.approx(2.0)
+    lr, puzzle_lr = build_schedules(sqrt, total_steps=100)
+    assert float(lr(5)) == pytest.approx(2e-4) and float(puzzle_lr(5)) == pytest.approx(2e-2)
+    linear = OptimConfig(global_batch_size=1536, lr_batch_scaling="linear", **base)
+    assert lr_batch_scale(linear) == pytest.approx(0.25)
+    assert lr_batch_scale(OptimConfig(global_batch_size=1536, **base)) == 1.0
+
+
+def test_checkpoint_averaging(tmp_path):
+    import equinox as eqx
+
+    from helpers import tiny_model
+    from trm.checkpoint import Checkpointer, average_trees, restore_last
+    from trm.run_config import CheckpointConfig
+
+    config = tiny_config()
+    models = [tiny_model(config, seed=s) for s in range(3)]
+    with Checkpointer(tmp_path, CheckpointConfig(keep_last=3, async_save=False),
+                      config) as ckpt:
+        for step, m in enumerate(models, start=1):
+            ckpt.save(step, m)
+        ckpt.wait_until_finished()
+        last_two = restore_last(ckpt, models[0], 2)
+    mean = average_trees(last_two)
+    expect = (np.asarray(models[1].lm_head.weight) + np.asarray(models[2].lm_head.weight)) / 2
+    np.testing.assert_allclose(mean.lm_head.weight, expect, rtol=1e-6)
+    assert eqx.tree_equal(jax.tree.structure(mean), jax.tree.structure(models[0]))

@@ -12,7 +12,7 @@ from trm.config import ConfigError
 from trm.run_config import PRESETS, RunConfig, parse_cli
 
 SECTIONS = (rc.OptimConfig, rc.EvalConfig, rc.CheckpointConfig, rc.TrackingConfig,
-            rc.MeshConfig, rc.DataConfig, rc.RunConfig)
+            rc.MeshConfig, rc.DataConfig, rc.CurriculumConfig, rc.HaltingConfig, rc.RunConfig)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -86,7 +86,8 @@ def test_every_field_has_a_docstring(cls):
     documented = {stmt.target.id for stmt, nxt in itertools.pairwise(body)
                   if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
                   and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)}
-    sections = {"model", "optim", "eval", "checkpoint", "tracking", "mesh", "data"}
+    sections = {"model", "optim", "eval", "checkpoint", "tracking", "mesh", "data",
+                "curriculum", "halting"}
     missing = {f.name for f in dataclasses.fields(cls)} - documented - sections
     assert not missing
 

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import equinox as eqx
 import grain
@@ -171,9 +171,21 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def __enter__(self: Self) -> Self:
+    def __enter__(self) -> Checkpointer:  # noqa: PYI034 (beartype cannot check Self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def average_trees(trees: list[T]) -> T:
+    """Leafwise mean of identically structured PyTrees (None leaves stay None)."""
+    if not trees:
+        raise ValueError("nothing to average")
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+def restore_last(checkpointer: Checkpointer, template: T, k: int) -> list[T]:
+    """The states of the last `k` kept checkpoints (fewer if fewer are kept)."""
+    return [checkpointer.restore(template, step=s) for s in checkpointer.all_steps()[-k:]]

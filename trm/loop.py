@@ -20,11 +20,12 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from trm.checkpoint import Checkpointer
+from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped
 from trm.config import ModelConfig
 from trm.evaluation import evaluate_batches
-from trm.model import TRM
+from trm.curriculum import linear_anneal, phase_config, phase_index
+from trm.model import TRM, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
@@ -128,6 +129,23 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
+def with_model_config(tree: Any, config: ModelConfig) -> Any:
+    """Every TRM inside `tree` (model, EMA, optimiser moments) under `config`."""
+    return jax.tree.map(lambda x: replace_config(x, config) if isinstance(x, TRM) else x, tree,
+                        is_leaf=lambda x: isinstance(x, TRM))
+
+
+def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int,
+                        template: TrainState) -> TRM:
+    """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1 saved
+    checkpoints when k > 1."""
+    if k <= 1:
+        return eval_model(state)
+    checkpointer.wait_until_finished()
+    states = restore_last(checkpointer, template, k - 1) + [state]
+    return average_trees([eval_model(s) for s in states])
+
+
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     """Run (or resume) the training run described by `cfg`."""
     from data.pipeline import load_metadata, train_iterator  # noqa: PLC0415
@@ -140,9 +158,13 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     last_step = total if cfg.max_steps is None else min(total, cfg.max_steps)
     o = cfg.optim
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data)
+    phases = cfg.curriculum.phases or ((0.0, model_cfg.H_cycles, model_cfg.L_cycles),)
 
     lr, puzzle_lr = build_schedules(o, total)
     optimizer = build_optimizer(o, lr)
+    h = cfg.halting
+    exploration = (None if h.exploration_start is None
+                   else linear_anneal(h.exploration_start, h.exploration_end, total))
     key = jax.random.key(cfg.seed)
     state = init_train_state(TRM(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
                              o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
@@ -154,11 +176,16 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg)
     if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, data_iter=data_iter)
+    base_state = state  # template (base model config) for checkpoint restores
     start = int(state.step)
-    step_fn = jit_train_step(make_train_step(
-        mesh=mesh, optimizer=optimizer, lr_schedule=lr, puzzle_lr_schedule=puzzle_lr,
-        puzzle_weight_decay=o.puzzle_emb_weight_decay, ema_rate=o.ema_rate,
-        global_batch=o.global_batch_size), state, mesh)
+
+    def compile_phase(phase_cfg: ModelConfig, state: TrainState):
+        state = with_model_config(state, phase_cfg)
+        return state, jit_train_step(make_train_step(
+            mesh=mesh, optimizer=optimizer, lr_schedule=lr, puzzle_lr_schedule=puzzle_lr,
+            puzzle_weight_decay=o.puzzle_emb_weight_decay, ema_rate=o.ema_rate,
+            global_batch=o.global_batch_size, exploration_schedule=exploration,
+            step_penalty=h.step_penalty), state, mesh)
 
     tracker = Tracker.open(cfg.tracking, cfg)
     if tracker.enabled:
@@ -168,10 +195,14 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     evals: dict[str, dict[str, float]] = {}
     bar = tqdm(total=last_step, initial=start, disable=not progress or jax.process_index() != 0,
                unit="step", dynamic_ncols=True)
-    pending = None
+    pending, phase_now, step_fn = None, None, None
     tick = time.perf_counter()
     try:
         for step in range(start + 1, last_step + 1):
+            phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
+            if phase_cfg != phase_now:
+                state, step_fn = compile_phase(phase_cfg, state)
+                phase_now = phase_cfg
             batch = to_global(next(data_iter), mesh)
             state, sums = step_fn(state, batch)
             if pending is not None:
@@ -183,12 +214,15 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                            step % cfg.checkpoint.every_n_steps == 0):
                 _record(pending, o.global_batch_size, history, tracker, bar, tick)
                 pending, tick = None, time.perf_counter()
+                to_save = with_model_config(state, model_cfg)
                 if is_eval and cfg.eval.eval_sets:
-                    evals = _scalar_evals(evaluate(eval_model(state), data_dir, cfg, mesh))
+                    model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k,
+                                                template=base_state)
+                    evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
                     for split, metrics in evals.items():
                         tracker.track(metrics, step, {"subset": "eval", "set": split})
                 flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
-                checkpointer.save(step, state, data_iter, metrics=flat or None)
+                checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
         if pending is not None:
             _record(pending, o.global_batch_size, history, tracker, bar, tick)
     finally:

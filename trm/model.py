@@ -14,6 +14,7 @@ The recursion follows the paper's pseudocode:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import equinox as eqx
@@ -292,11 +293,16 @@ def network_filter(model: TRM) -> TRM:
 
 
 def replace_config(model: TRM, config: ModelConfig) -> TRM:
-    """The same weights under another config that needs the same parameter shapes
-    (e.g. other cycle counts, forward dtype or halting settings)."""
+    """The same arrays under another config that needs the same parameter shapes (other
+    cycle counts, forward dtype, halting settings). Works on filtered trees too (e.g. an EMA
+    of the network with None elsewhere)."""
     template = eqx.filter_eval_shape(TRM, config, key=jax.random.key(0))
-    want, treedef = jax.tree.flatten(template)
-    have = jax.tree.leaves(model)
-    if [(x.shape, x.dtype) for x in have] != [(x.shape, x.dtype) for x in want]:
+    have = jax.tree.leaves(model, is_leaf=lambda x: x is None)
+    want = jax.tree.leaves(template, is_leaf=lambda x: x is None)
+    if len(have) != len(want) or any(
+            h is not None and w is not None and (h.shape, h.dtype) != (w.shape, w.dtype)
+            for h, w in zip(have, want)):
         raise ValueError("the new config needs different parameter shapes")
-    return jax.tree.unflatten(treedef, have)
+    new = copy.copy(model)
+    object.__setattr__(new, "config", config)
+    return new

@@ -110,9 +110,17 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 def build_schedules(cfg: OptimConfig, total_steps: int) -> tuple[optax.Schedule, optax.Schedule]:
     """(network schedule, puzzle-embedding schedule): same warm-up/cosine, own base lrs."""
+    scale = lr_batch_scale(cfg)
+
     def make(base_lr: float) -> optax.Schedule:
-        return warmup_cosine(base_lr, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
+        return warmup_cosine(base_lr * scale, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
     return make(cfg.lr), make(cfg.puzzle_emb_lr)
+
+
+def lr_batch_scale(cfg: OptimConfig) -> float:
+    """(global_batch / reference)^p with p = 1/2 (sqrt), 1 (linear) or 0 (none)."""
+    power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[cfg.lr_batch_scaling]
+    return (cfg.global_batch_size / cfg.lr_reference_batch) ** power
 
 
 def build_optimizer(cfg: OptimConfig, schedule: LearningRate) -> optax.GradientTransformation:

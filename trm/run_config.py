@@ -51,6 +51,10 @@ class OptimConfig:
     """Examples per optimizer step, over all devices and hosts."""
     epochs: int = 100000
     """Passes over the training set (sets the step budget and the lr schedule length)."""
+    lr_batch_scaling: Literal["none", "sqrt", "linear"] = "none"
+    """Scale lr and puzzle_emb_lr by (global_batch_size / lr_reference_batch)^(1/2 or 1)."""
+    lr_reference_batch: int = 768
+    """Batch size at which lr and puzzle_emb_lr apply unscaled (with lr_batch_scaling)."""
 
     def __post_init__(self) -> None:
         _check(self.lr >= 0 and self.puzzle_emb_lr >= 0, "learning rates must be >= 0")
@@ -81,6 +85,8 @@ class EvalConfig:
     """Extra evaluators (arc: augmentation voting, pass@K, Kaggle submission)."""
     save_outputs: tuple[str, ...] = ()
     """Outputs to save per evaluation (e.g. inputs, labels, logits, q_halt_logits)."""
+    average_last_k: int = 1
+    """Evaluate the average of the last k saved checkpoints' weights (1: the current ones)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,12 +156,46 @@ class DataConfig:
     """Puzzles to generate for training (with generate)."""
     num_test: int = 200
     """Puzzles to generate for testing (with generate)."""
-    num_aug: int = 0
-    """Augmented copies per training puzzle."""
+    num_aug: int | Literal["default", "fresh"] = "default"
+    """Augmented copies per training puzzle: K (a fixed pool of K + 1 copies, 0 = originals
+    only), "default" (the data set's pool) or "fresh" (new random ones every epoch)."""
     num_workers: int = 0
     """Loader worker processes (0: threads in this process)."""
     seed: int = 0
     """Seed of generation, shuffling and augmentation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumConfig:
+    """Recursion-depth curriculum: (H_cycles, L_cycles) changed in phases over training."""
+
+    phases: tuple[tuple[float, int, int], ...] = ()
+    """(start fraction of training, H_cycles, L_cycles) per phase, first at 0.0; empty: off.
+    Each phase change recompiles the train step once."""
+
+    def __post_init__(self) -> None:
+        from trm.curriculum import validate_phases  # noqa: PLC0415
+        validate_phases(self.phases)
+
+
+@dataclasses.dataclass(frozen=True)
+class HaltingConfig:
+    """Training-time halting: annealed exploration and compute-aware halting."""
+
+    exploration_start: float | None = None
+    """Exploration probability at step 0, annealed linearly to exploration_end
+    (None: model.halt_exploration_prob throughout)."""
+    exploration_end: float | None = None
+    """Exploration probability at the last step (with exploration_start)."""
+    step_penalty: float = 0.0
+    """Compute-aware halting: add step_penalty * steps * BCE(q_halt, 1) per row (0: off)."""
+
+    def __post_init__(self) -> None:
+        _check((self.exploration_start is None) == (self.exploration_end is None),
+               "halting.exploration_start and exploration_end must be given together")
+        for p in (self.exploration_start, self.exploration_end):
+            _check(p is None or 0.0 <= p <= 1.0, f"exploration probability {p} not in [0, 1]")
+        _check(self.step_penalty >= 0.0, "halting.step_penalty must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +209,8 @@ class RunConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
+    halting: HaltingConfig = dataclasses.field(default_factory=HaltingConfig)
     seed: int = 0
     """Seed of parameter initialisation and training randomness."""
     run_dir: str = "runs/trm"
@@ -186,6 +228,9 @@ class RunConfig:
             _check(e.eval_interval >= 1 and o.epochs % e.eval_interval == 0,
                    f"eval_interval {e.eval_interval} must divide epochs {o.epochs}")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(self.eval.average_last_k >= 1, "eval.average_last_k must be >= 1")
+        _check(self.eval.average_last_k <= self.checkpoint.keep_last,
+               f"eval.average_last_k {self.eval.average_last_k} needs checkpoint.keep_last >= it")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
 
     @property
@@ -246,7 +291,7 @@ def _tiny(name: str, model: ModelConfig, generate: Generated, *, num_train: int,
         eval=EvalConfig(eval_interval=eval_interval),
         checkpoint=CheckpointConfig(keep_last=2),
         tracking=TrackingConfig(experiment=name),
-        data=DataConfig(data_dir=f"data/generated/{name}", generate=generate,
+        data=DataConfig(data_dir=f"datasets/{name}", generate=generate,
                         num_train=num_train, num_test=128),
         run_dir=f"runs/{name}",
     )

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 import jax
 
@@ -75,7 +75,7 @@ class Tracker:
             self.run.close()
             self.run = None
 
-    def __enter__(self: Self) -> Self:
+    def __enter__(self) -> Tracker:  # noqa: PYI034 (beartype cannot check Self)
         return self
 
     def __exit__(self, *exc: object) -> None:
