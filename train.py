@@ -11,8 +11,8 @@ from trm.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trm.loop import train  # noqa: PLC0415  (keeps --help fast)
-    from trm.run_config import parse_cli  # noqa: PLC0415
+    from trm.loop import train
+    from trm.run_config import parse_cli
 
     def run(args: list[str]) -> None:
         result = train(parse_cli(args))

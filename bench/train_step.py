@@ -24,8 +24,14 @@ from trm.config import ModelConfig
 from trm.layers import swiglu_intermediate_size
 from trm.model import TRM
 from trm.optim import adam_atan2
-from trm.train_step import (batch_sharding, init_train_state, jit_train_step, make_mesh,
-                            make_train_step, state_shardings)
+from trm.train_step import (
+    batch_sharding,
+    init_train_state,
+    jit_train_step,
+    make_mesh,
+    make_train_step,
+    state_shardings,
+)
 
 
 def network_call_flops(c: ModelConfig) -> float:

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
-
 from helpers import tiny_batch, tiny_config, tiny_model
+
 from trm.layers import Linear, rope_tables, swiglu_intermediate_size, trunc_normal
 from trm.loss import step_loss
 from trm.model import TRM, network_filter, replace_config
@@ -248,3 +248,17 @@ def test_single_z_reads_outputs_from_z_L():
     np.testing.assert_array_equal(carry.z_H, carry.z_L)
     logits = jax.vmap(model.lm_head)(carry.z_L)[:, config.prefix_len:]
     np.testing.assert_allclose(out.logits, logits, rtol=1e-6)
+
+
+def test_remat_gives_the_same_gradients():
+    config = tiny_config()
+    model, batch = tiny_model(config), tiny_batch(config)
+    remat = replace_config(model, dataclasses.replace(config, remat=True))
+
+    def grads(m):
+        carry = m.reset(m.initial_carry(3), *batch)
+        diff, static = eqx.partition(m, network_filter(m))
+        return jax.grad(lambda d: step_loss(eqx.combine(d, static), carry, train=False)[0])(diff)
+
+    for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -32,7 +32,9 @@ class ModelConfig:
     puzzle_emb_len: int = 16
     """Prefix positions for the puzzle embedding; 0 means ceil(puzzle_emb_ndim / hidden_size)."""
     hidden_size: int = 512
+    """Model width D."""
     num_heads: int = 8
+    """Attention heads (head dim = hidden_size / num_heads)."""
     expansion: float = 4.0
     """SwiGLU expansion; intermediate = round_up(round(expansion * h * 2/3), 256)."""
     L_layers: int = 2
@@ -42,20 +44,28 @@ class ModelConfig:
     L_cycles: int = 6
     """Latent updates per outer cycle."""
     pos_encodings: PosEncoding = "rope"
+    """Positions: rotary (rope), a learned table (learned) or none."""
     mlp_t: bool = False
     """Mix tokens with a SwiGLU along the sequence instead of attention."""
     rms_norm_eps: float = 1e-5
+    """Epsilon of the parameter-free RMS norm."""
     rope_theta: float = 10000.0
+    """RoPE base frequency."""
     halt_max_steps: int = 16
     """Supervision steps (ACT steps) per puzzle."""
     halt_exploration_prob: float = 0.1
+    """Training: probability that a row gets a random minimum number of steps."""
     no_ACT_continue: bool = True
     """True: halt when q_halt > 0 and skip the Q-continue loss (TRM default)."""
     forward_dtype: ForwardDType = "float32"
     """Activation dtype of the forward pass; weights stay float32."""
     loss_type: LossType = "stablemax"
+    """Cross-entropy of the answer: stablemax (official) or softmax."""
     variant: Variant = "trm"
     """"trm" (z_H and z_L) or "single_z" (the paper's single-latent ablation)."""
+    remat: bool = False
+    """Recompute each network call in the backward pass instead of storing its activations
+    (less memory, ~1/3 more compute; same numbers)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads != 0:

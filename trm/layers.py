@@ -23,7 +23,7 @@ def truncated_normal_std_correction(bound: float = _TRUNC_BOUND) -> float:
     return math.sqrt(1.0 - 2.0 * bound * pdf / z)
 
 
-def trunc_normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Float[Array, "..."]:
+def trunc_normal(key: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Float[Array, ...]:
     """Truncated normal (cut at +-2 std) whose std is exactly `std` (JAX/Flax convention)."""
     if std == 0.0:
         return jnp.zeros(shape, jnp.float32)

@@ -23,16 +23,24 @@ from tqdm import tqdm
 from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped
 from trm.config import ModelConfig
-from trm.evaluation import evaluate_batches
 from trm.curriculum import linear_anneal, phase_config, phase_index
+from trm.evaluation import evaluate_batches
 from trm.model import TRM, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
 from trm.tracking import Tracker
-from trm.train_step import (TrainState, batch_sharding, eval_model, init_train_state,
-                            jit_train_step, make_mesh, make_train_step, normalize_metrics,
-                            state_shardings)
+from trm.train_step import (
+    TrainState,
+    batch_sharding,
+    eval_model,
+    init_train_state,
+    jit_train_step,
+    make_mesh,
+    make_train_step,
+    normalize_metrics,
+    state_shardings,
+)
 
 
 class NonFiniteLossError(RunStopped):
@@ -61,7 +69,7 @@ def initialize_distributed(cfg: RunConfig) -> None:
 
 def prepare_data(cfg: RunConfig) -> Path:
     """The data directory, generated first when the config asks for a synthetic set."""
-    from data.generate import ensure_tiny_dataset  # noqa: PLC0415  (data is a sibling package)
+    from data.generate import ensure_tiny_dataset
 
     d = cfg.data
     if d.generate != "none":
@@ -100,7 +108,7 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 def evaluate(model: TRM, data_dir: Path, cfg: RunConfig, mesh: Mesh,
              ) -> dict[str, dict[str, Any]]:
     """Official metrics and per-step curves on every eval set: set name -> metrics."""
-    from data.pipeline import eval_batches  # noqa: PLC0415
+    from data.pipeline import eval_batches
 
     batch_size = cfg.eval.batch_size or cfg.optim.global_batch_size
     results = {}
@@ -148,7 +156,7 @@ def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int,
 
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     """Run (or resume) the training run described by `cfg`."""
-    from data.pipeline import load_metadata, train_iterator  # noqa: PLC0415
+    from data.pipeline import load_metadata, train_iterator
 
     initialize_distributed(cfg)
     data_dir = prepare_data(cfg)

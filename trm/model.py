@@ -159,16 +159,17 @@ class TRM(eqx.Module):
         return math.sqrt(c.hidden_size) * x
 
     def latent_recursion(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-                         z_L: Float[Array, "L D"], rope: Rope,
+                         z_L: Float[Array, "L D"], rope: Rope, remat: bool = False,
                          ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
         """L_cycles latent updates then one answer update (TRM), or the single-z variant."""
         c = self.config
+        net = jax.checkpoint(self.net) if remat else self.net
         if c.variant == "single_z":
-            z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: self.net(z, x, rope), z_L)
-            z_L = self.net(z_L, None, rope)
+            z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, x, rope), z_L)
+            z_L = net(z_L, None, rope)
             return z_L, z_L
-        z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: self.net(z, z_H + x, rope), z_L)
-        z_H = self.net(z_H, z_L, rope)
+        z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, z_H + x, rope), z_L)
+        z_H = net(z_H, z_L, rope)
         return z_H, z_L
 
     def deep_recursion(self, z_H: Float[Array, "L D"], z_L: Float[Array, "L D"],
@@ -187,7 +188,7 @@ class TRM(eqx.Module):
             z_H, z_L = jax.lax.fori_loop(
                 0, self.config.H_cycles - 1,
                 lambda _, zs: frozen_self.latent_recursion(frozen[0], *zs, rope), frozen[1:])
-        z_H, z_L = self.latent_recursion(x, z_H, z_L, rope)
+        z_H, z_L = self.latent_recursion(x, z_H, z_L, rope, remat=self.config.remat)
         logits = self.lm_head(z_H)[self.config.prefix_len:]
         q = self.q_head(z_H[0]).astype(jnp.float32)
         return jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L), logits, q

@@ -82,8 +82,7 @@ def official_names(config: ModelConfig) -> list[str]:
 def strip_prefix(name: str) -> str:
     """`_orig_mod.model.inner.x` -> `inner.x`."""
     for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        name = name.removeprefix(prefix)
     return name
 
 
@@ -150,7 +149,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k.removeprefix("param/"): f[k] for k in f.files
                     if k.startswith("param/") or k.startswith(("inner.", "_orig_mod.", "model."))}
     try:
-        import torch  # noqa: PLC0415  (optional dependency)
+        import torch
     except ImportError as e:
         raise StateDictError(f"{path}: reading PyTorch checkpoints needs torch installed") from e
     sd = torch.load(path, map_location="cpu", weights_only=True)

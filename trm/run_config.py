@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import tyro
 
 from trm.config import ConfigError, ModelConfig
+from trm.curriculum import validate_phases
 
 Generated = Literal["none", "sudoku-tiny", "maze-tiny"]
 
@@ -174,7 +175,6 @@ class CurriculumConfig:
     Each phase change recompiles the train step once."""
 
     def __post_init__(self) -> None:
-        from trm.curriculum import validate_phases  # noqa: PLC0415
         validate_phases(self.phases)
 
 
