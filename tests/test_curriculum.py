@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import tiny_config
+
 from trm.config import ConfigError
 from trm.curriculum import linear_anneal, phase_config, phase_index, validate_phases
 from trm.loss import bce_with_logits, loss_head
@@ -86,8 +86,8 @@ def test_lr_scales_with_batch():
 
 def test_checkpoint_averaging(tmp_path):
     import equinox as eqx
-
     from helpers import tiny_model
+
     from trm.checkpoint import Checkpointer, average_trees, restore_last
     from trm.run_config import CheckpointConfig
 

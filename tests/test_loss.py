@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import tiny_config, tiny_model
-from trm.loss import (IGNORE_LABEL_ID, bce_with_logits, log_stablemax, loss_head,
-                      token_cross_entropy)
+
+from trm.loss import IGNORE_LABEL_ID, bce_with_logits, log_stablemax, loss_head, token_cross_entropy
 from trm.model import Carry, Outputs
 
 

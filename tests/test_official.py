@@ -7,10 +7,16 @@ import importlib.util
 import jax
 import numpy as np
 import pytest
-
 from helpers import tiny_config, tiny_model
-from trm.official import (StateDictError, config_from_official, from_official_state_dict,
-                          load_state_dict_file, official_names, to_official_state_dict)
+
+from trm.official import (
+    StateDictError,
+    config_from_official,
+    from_official_state_dict,
+    load_state_dict_file,
+    official_names,
+    to_official_state_dict,
+)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"mlp_t": True, "pos_encodings": "none"},

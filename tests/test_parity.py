@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import FIXTURES, OFFICIAL_CASES
+
 from trm import parity
 
 

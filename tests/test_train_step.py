@@ -7,13 +7,21 @@ import jax
 import numpy as np
 import optax
 import pytest
-
 from helpers import FIXTURES, OFFICIAL_CASES, tiny_batch, tiny_config, tiny_model
+
 from trm import parity
 from trm.official import from_official_state_dict, to_official_state_dict
 from trm.optim import adam_atan2
-from trm.train_step import (batch_sharding, eval_model, init_train_state, jit_train_step,
-                            make_mesh, make_train_step, normalize_metrics, state_shardings)
+from trm.train_step import (
+    batch_sharding,
+    eval_model,
+    init_train_state,
+    jit_train_step,
+    make_mesh,
+    make_train_step,
+    normalize_metrics,
+    state_shardings,
+)
 
 BATCH_KEYS = ("inputs", "labels", "puzzle_identifiers")
 
