@@ -13,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jaxtyping import Array, Bool, Float, Int
 
 from trm.loss import Metrics, loss_head, row_correctness
@@ -55,6 +56,13 @@ def rollout(model: TRM, inputs: Int[Array, "B S"], labels: Int[Array, "B S"],
     labelled = (labels != -100).any(-1)
     return Rollout(metrics=metrics, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
                    labelled=labelled, step_preds=preds if keep_step_preds else None)
+
+
+def host_array(x: Array) -> np.ndarray:
+    """The whole of a (possibly multi-host, batch-sharded) array on this host."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def sum_metrics(totals: dict[str, float], metrics: Mapping[str, Array]) -> dict[str, float]:
@@ -100,9 +108,10 @@ def evaluate_batches(model: TRM, batches: Iterable[Mapping[str, Array]],
     for batch in batches:
         result = rollout(model, batch["inputs"], batch["labels"], batch["puzzle_identifiers"])
         sum_metrics(totals, result.metrics)
-        keep = np.asarray(result.labelled)
-        exact.append(np.asarray(result.exact)[:, keep])
-        q_halt.append(np.asarray(result.q_halt)[:, keep])
+        labelled, row_exact, row_q = (host_array(x) for x in (result.labelled, result.exact,
+                                                                result.q_halt))
+        exact.append(row_exact[:, labelled])
+        q_halt.append(row_q[:, labelled])
     steps = model.config.halt_max_steps
     curves = per_step_accuracy(np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool),
                                np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0)))
