@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from data.common import DataError
 from trm.config import ConfigError
 
 
@@ -17,7 +18,7 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     a deliberate stop (RunStopped) exits 1."""
     try:
         main(argv)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:
