@@ -1,0 +1,164 @@
+"""`python -m sweeps list|show|script|run|analyze ...`: the study catalog from the command line.
+
+  list [PATTERN ...]          entries by group (name, description, shared runs)
+  show NAME                   an entry's config diff against the baseline and its command line
+  script PATTERN ... [-o F]   a bash script of `python train.py ...` lines, one per run
+  run PATTERN ... [--jobs N]  train the runs not finished yet (logs in <run_dir>/train.log)
+  analyze PATTERN ...         tables and plots from the Aim repository
+
+PATTERN: a name (exp05_a), a group or group prefix (exp01, exp02, contrib), a glob
+(exp05_[ab], exp0*) or all.
+`--scale cpu` shrinks every run to a CPU smoke run (see sweeps/scale.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+
+from trm.cli import run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[2:]))
+    cmd = p.add_subparsers(dest="command", required=True)
+    ls = cmd.add_parser("list", help="list catalog entries")
+    ls.add_argument("patterns", nargs="*", default=["all"])
+    show = cmd.add_parser("show", help="an entry's diff against the baseline")
+    show.add_argument("name")
+    sc = cmd.add_parser("script", help="write a shell script of train.py commands")
+    sc.add_argument("-o", "--output", help="script file (default: stdout)")
+    rn = cmd.add_parser("run", help="train the selected runs")
+    rn.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    rn.add_argument("--force", action="store_true", help="also rerun finished runs")
+    rn.add_argument("--dry-run", action="store_true", help="print what would run and stop")
+    an = cmd.add_parser("analyze", help="tables and plots from the Aim repository")
+    an.add_argument("--out", help="output folder (default <root>/analysis)")
+    an.add_argument("--set", default="test", help="eval set of the accuracy (default test)")
+    an.add_argument("--target", type=float, default=0.85,
+                    help="exact accuracy of 'steps to target' (default 0.85)")
+    an.add_argument("--experiment", help="Aim experiment (default trm-study[-cpu]; "
+                                         "'any' reads every run)")
+    for q in (show, sc, rn, an):
+        q.add_argument("--scale", choices=("cpu",), help="shrink every run to CPU size")
+        q.add_argument("--steps", type=int, default=16,
+                       help="optimiser steps per run with --scale cpu (default 16)")
+        q.add_argument("--root", help="run directories go under ROOT "
+                                      "(default runs/study, runs/study-cpu with --scale)")
+        q.add_argument("--repo", default=".aim", help="Aim repository (default .aim)")
+    for q in (sc, rn):
+        q.add_argument("patterns", nargs="+")
+        q.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
+                       help="log to Aim (default: on, off with --scale cpu)")
+    an.add_argument("patterns", nargs="+")
+    return p
+
+
+def _settings(args: argparse.Namespace):
+    from sweeps.runner import Settings
+
+    return Settings(scale=args.scale, root=args.root, repo=args.repo,
+                    track=getattr(args, "track", None), steps=args.steps)
+
+
+def _list(patterns: Sequence[str]) -> None:
+    from sweeps.catalog import GROUPS, canonical, select
+
+    entries = select(patterns)
+    group = None
+    for e in entries:
+        if e.group.name != group:
+            group = e.group.name
+            g = GROUPS[group]
+            print(f"\n{group}: {g.title} [{g.variable}]{' (further item)' if g.further else ''}"
+                  f"\n  {g.question}")
+        same = canonical(e).name
+        print(f"  {e.name:<22} {e.description}" + ("" if same == e.name else f"  (= {same})"))
+    runs = len({canonical(e).name for e in entries})
+    groups = len({e.group.name for e in entries})
+    print(f"\n{len(entries)} entries in {groups} groups, {runs} distinct runs")
+
+
+def _show(args: argparse.Namespace) -> None:
+    from sweeps.catalog import BY_NAME, aliases, baseline, canonical
+    from sweeps.configs import diff
+    from sweeps.runner import plan
+
+    if args.name not in BY_NAME:
+        raise ValueError(f"no catalog entry {args.name!r} (python -m sweeps list)")
+    e = BY_NAME[args.name]
+    print(f"{e.name} ({e.group.name}: {e.group.title})\n  {e.description}\n  question: "
+          f"{e.question}\n  varies: {', '.join(e.varies) or '-'}")
+    changes = diff(baseline(), e.config())
+    print("diff against the baseline:" if changes else "same config as the baseline")
+    for path, (old, new) in changes.items():
+        print(f"  {path}: {old!r} -> {new!r}")
+    shared = [x.name for x in aliases(e) if x.name != e.name]
+    if shared:
+        print(f"shares its run ({canonical(e).name}) with: {', '.join(shared)}")
+    run = plan([e], _settings(args))[0]
+    print(f"command:\n  python {run.command}")
+
+
+def _script(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    from sweeps.catalog import select
+    from sweeps.runner import plan, script
+
+    runs = plan(select(args.patterns), _settings(args))
+    text = script(runs, "python -m sweeps " + shlex.join(argv))
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {len(runs)} runs to {args.output}")
+    else:
+        print(text, end="")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from sweeps.catalog import select
+    from sweeps.runner import plan, report, run_all
+
+    runs = plan(select(args.patterns), _settings(args))
+    if args.dry_run:
+        for r in runs:
+            state = "finished" if r.finished() else "to run"
+            print(f"{r.name:<22} {state:<9} python {r.command}")
+        return
+    t0 = time.monotonic()
+    outcomes = run_all(runs, jobs=args.jobs, force=args.force)
+    print(report(outcomes) + f" ({time.monotonic() - t0:.0f} s)")
+    if any(o.status == "failed" for o in outcomes):
+        raise SystemExit(1)
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from sweeps.analyze import analyze
+    from sweeps.catalog import select
+
+    settings = _settings(args)
+    experiment = args.experiment or settings.experiment
+    analyze(select(args.patterns), settings, args.out or f"{settings.run_root}/analysis",
+            experiment=None if experiment == "any" else experiment, eval_set=args.set,
+            target=args.target)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def go(args_list: list[str]) -> None:
+        args = _parser().parse_args(args_list)
+        {"list": lambda: _list(args.patterns), "show": lambda: _show(args),
+         "script": lambda: _script(args, args_list), "run": lambda: _run(args),
+         "analyze": lambda: _analyze(args)}[args.command]()
+
+    try:
+        return run_cli(go, list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

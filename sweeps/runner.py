@@ -1,0 +1,265 @@
+"""Turn catalog entries into runs: final configs, `python train.py ...` command lines, a shell
+script of them, and a runner (one after another or N at a time, per-run logs, finished runs
+skipped, failures reported).
+
+A run is finished when `<run_dir>/DONE` exists (written after `train.py` exits 0; it holds the
+command line). Entries that share a config (see `catalog.canonical`) share one run, named after
+the first of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from sweeps.catalog import PRESET, Experiment, aliases, canonical
+from sweeps.configs import override, tyro_flags
+from sweeps.scale import scale_cpu
+from trm.run_config import PRESETS, RunConfig
+
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+MARKER = "DONE"
+LOG = "train.log"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Where and how the selected runs go."""
+
+    scale: str | None = None
+    """None: the study as specified; "cpu": `scale.scale_cpu` smoke runs."""
+    root: str | None = None
+    """Parent of the run directories (None: runs/study, or runs/study-cpu at CPU scale)."""
+    repo: str = ".aim"
+    """Aim repository."""
+    track: bool | None = None
+    """Log to Aim (None: on at full scale, off at CPU scale)."""
+    steps: int = 16
+    """Optimiser steps per run at CPU scale."""
+
+    def __post_init__(self) -> None:
+        if self.scale not in (None, "cpu"):
+            raise ValueError(f"unknown scale {self.scale!r} (cpu)")
+
+    @property
+    def run_root(self) -> str:
+        return self.root or ("runs/study-cpu" if self.scale else "runs/study")
+
+    @property
+    def experiment(self) -> str:
+        """The Aim experiment of the study's runs."""
+        return "trm-study-cpu" if self.scale else "trm-study"
+
+    @property
+    def tracking(self) -> bool:
+        return self.track if self.track is not None else self.scale is None
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    """The run's name: its canonical entry (run directory and Aim run name)."""
+    entries: tuple[str, ...]
+    """The selected entries this run stands for."""
+    config: RunConfig
+
+    @property
+    def argv(self) -> list[str]:
+        """Arguments of train.py (preset first)."""
+        return [PRESET, *tyro_flags(PRESETS[PRESET][1], self.config)]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["train.py", *self.argv])
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def marker(self) -> Path:
+        return self.run_dir / MARKER
+
+    def finished(self) -> bool:
+        return self.marker.exists()
+
+    def stale(self) -> bool:
+        """Finished with another command line than the current one."""
+        text = self.marker.read_text().strip() if self.finished() else ""
+        return bool(text) and shlex.split(text) != ["train.py", *self.argv]
+
+
+def run_config(e: Experiment | str, settings: Settings) -> RunConfig:
+    """The final config of `e`'s run: scaled, with its run dir and Aim name/tags."""
+    first = canonical(e)
+    cfg = first.config()
+    if settings.scale == "cpu":
+        cfg = scale_cpu(cfg, data_root=f"{settings.run_root}/data", steps=settings.steps)
+    tags = tuple(dict.fromkeys(("sweep", *(x.group.name for x in aliases(first)), first.name)))
+    return override(cfg, {
+        "run_dir": f"{settings.run_root}/{first.name}", "tracking.track": settings.tracking,
+        "tracking.repo": settings.repo, "tracking.experiment": settings.experiment,
+        "tracking.run_name": first.name, "tracking.tags": tags})
+
+
+def plan(entries: Sequence[Experiment], settings: Settings) -> list[PlannedRun]:
+    """One run per distinct config among `entries`, in catalog order."""
+    names: dict[str, list[str]] = {}
+    for e in entries:
+        names.setdefault(canonical(e).name, []).append(e.name)
+    return [PlannedRun(n, tuple(sel), run_config(n, settings)) for n, sel in names.items()]
+
+
+def _data_note(runs: Sequence[PlannedRun]) -> list[str]:
+    dirs = {r.config.data.data_dir: r.config.data for r in runs if r.config.data.generate == "none"}
+    lines = ["# Data sets these runs read (build missing ones first, e.g.):"] if dirs else []
+    for path, d in dirs.items():
+        lines.append(f"#   python -m data build sudoku --train-csv TRAIN.csv --test-csv TEST.csv "
+                     f"--subsample-size {d.num_train} --num-aug {d.num_aug} --out {path}")
+    return lines
+
+
+_RUN_FUNCTION = """\
+run() {  # run NAME RUN_DIR TRAIN_ARGS...: train.py unless RUN_DIR/DONE exists
+  local name=$1 dir=$2
+  shift 2
+  if [ -e "$dir/DONE" ]; then echo "$name: finished, skipped"; return; fi
+  mkdir -p "$dir"
+  "$PYTHON" train.py "$@" 2>&1 | tee -a "$dir/train.log"
+  if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    printf '%q ' train.py "$@" > "$dir/DONE"
+  else
+    failed+=("$name")
+  fi
+}
+"""
+
+
+def script(runs: Sequence[PlannedRun], invocation: str) -> str:
+    """A bash script that trains every run not finished yet and exits 1 if one failed."""
+    lines = ["#!/usr/bin/env bash",
+             f"# {len(runs)} TRM study runs, generated by `{invocation}` from sweeps/catalog.py",
+             "# (edit the catalog, not this file). Run it from the repository root; on a",
+             "# multi-host job, on every host. A run whose <run_dir>/DONE exists is skipped.",
+             *_data_note(runs), "set -u", 'PYTHON="${PYTHON:-python}"', "failed=()",
+             _RUN_FUNCTION]
+    for r in runs:
+        entry = canonical(r.name)
+        shared = [n for n in r.entries if n != r.name]
+        lines.append(f"# {r.name} ({entry.group.name}: {entry.group.title}): {entry.description}"
+                     + (f"; also stands for {', '.join(shared)}" if shared else ""))
+        lines += [shlex.join(["run", r.name, str(r.run_dir), *r.argv]), ""]
+    lines += ['if [ "${#failed[@]}" -gt 0 ]; then echo "failed: ${failed[*]}" >&2; exit 1; fi',
+              f'echo "all {len(runs)} runs finished"', ""]
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Outcome:
+    run: PlannedRun
+    status: str
+    """done, skipped, stale, failed"""
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def _last_line(log: Path) -> str:
+    try:
+        text = log.read_bytes()[-4000:].decode(errors="replace").replace("\r", "\n")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _prepare(runs: Sequence[PlannedRun]) -> None:
+    """Before runs start side by side: generate each synthetic data set once and create each
+    Aim repository (two runs creating one at the same time make one of them fail)."""
+    from aim import Repo
+
+    from trm.loop import prepare_data
+
+    data_dirs, repos = set(), set()
+    for r in runs:
+        data, tracking = r.config.data, r.config.tracking
+        if data.generate != "none" and data.data_dir not in data_dirs:
+            data_dirs.add(data.data_dir)
+            prepare_data(r.config)
+        if tracking.track and tracking.repo not in repos:
+            repos.add(tracking.repo)
+            if not Path(tracking.repo, ".aim").is_dir():
+                Path(tracking.repo).mkdir(parents=True, exist_ok=True)
+                Repo.from_path(tracking.repo, init=True)
+
+
+def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
+            env: Mapping[str, str] | None = None, poll_s: float = 0.5,
+            say: Callable[[str], object] = print) -> list[Outcome]:
+    """Train every run not finished yet, `jobs` at a time; never stops at a failure."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    outcomes: list[Outcome] = []
+    todo: list[PlannedRun] = []
+    for r in runs:
+        if r.finished() and not force:
+            outcomes.append(Outcome(r, "stale" if r.stale() else "skipped",
+                                    detail=f"{r.marker} exists"))
+            say(f"[{r.name}] {'finished with another command line' if r.stale() else 'finished'}"
+                f", skipped ({r.marker})")
+        else:
+            todo.append(r)
+    if todo:
+        _prepare(todo)
+    child_env = {**os.environ, "TQDM_MININTERVAL": "10", **(env or {})}
+    active: list[tuple[PlannedRun, subprocess.Popen, float]] = []
+    try:
+        while todo or active:
+            while todo and len(active) < jobs:
+                r = todo.pop(0)
+                r.run_dir.mkdir(parents=True, exist_ok=True)
+                with open(r.run_dir / LOG, "a") as log:
+                    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {r.command}\n")
+                    log.flush()
+                    proc = subprocess.Popen([sys.executable, str(TRAIN_PY), *r.argv],
+                                            stdout=log, stderr=subprocess.STDOUT, env=child_env)
+                say(f"[{r.name}] started (log {r.run_dir / LOG})")
+                active.append((r, proc, time.monotonic()))
+            time.sleep(poll_s)
+            for item in [a for a in active if a[1].poll() is not None]:
+                active.remove(item)
+                r, proc, t0 = item
+                seconds = time.monotonic() - t0
+                if proc.returncode == 0:
+                    r.marker.write_text(r.command + "\n")
+                    outcomes.append(Outcome(r, "done", seconds))
+                    say(f"[{r.name}] done in {seconds:.0f} s")
+                else:
+                    detail = f"exit {proc.returncode}: {_last_line(r.run_dir / LOG)}"
+                    outcomes.append(Outcome(r, "failed", seconds, detail))
+                    say(f"[{r.name}] FAILED after {seconds:.0f} s ({detail}; "
+                        f"log {r.run_dir / LOG})")
+    except KeyboardInterrupt:
+        for r, proc, _ in active:
+            proc.terminate()
+        for r, proc, _ in active:
+            proc.wait()
+            outcomes.append(Outcome(r, "failed", 0.0, "interrupted"))
+        raise
+    return outcomes
+
+
+def report(outcomes: Sequence[Outcome]) -> str:
+    """One summary line, then one line per failed run."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    lines = ["summary: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    lines += [f"  failed {o.run.name}: {o.detail} (log {o.run.run_dir / LOG})"
+              for o in outcomes if o.status == "failed"]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The runner and the generated script, with a fake train.py (one run fails), and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeps import runner
+from sweeps.__main__ import main
+from sweeps.catalog import select
+from sweeps.runner import Settings, plan, report, run_all, script
+
+FAKE_TRAIN = """\
+import sys, time
+args = sys.argv[1:]
+run_dir = args[args.index("--run-dir") + 1]
+print("training", args[0], run_dir)
+if run_dir.endswith("exp05_b"):
+    print("error: boom", file=sys.stderr)
+    sys.exit(3)
+time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(runner, "TRAIN_PY", path)
+    return path
+
+
+def _runs(tmp_path: Path) -> list[runner.PlannedRun]:
+    return plan(select("exp05"), Settings(root=str(tmp_path / "runs"), track=False))
+
+
+def test_run_all_keeps_going_after_a_failure_and_skips_finished_runs(tmp_path, fake_train):
+    runs = _runs(tmp_path)
+    assert [r.name for r in runs] == ["exp05_a", "exp05_b", "exp05_c", "baseline", "exp05_e",
+                                      "exp05_f"]
+    said: list[str] = []
+    outcomes = run_all(runs, jobs=2, poll_s=0.05, say=said.append)
+    status = {o.run.name: o.status for o in outcomes}
+    assert status == {"exp05_a": "done", "exp05_b": "failed", "exp05_c": "done",
+                      "baseline": "done", "exp05_e": "done", "exp05_f": "done"}
+    assert not (tmp_path / "runs/exp05_b/DONE").exists()
+    assert (tmp_path / "runs/exp05_a/DONE").read_text().strip() == runs[0].command
+    log = (tmp_path / "runs/exp05_b/train.log").read_text()
+    assert runs[1].command in log and "training sudoku-extreme" in log and "boom" in log
+    summary = report(outcomes)
+    assert summary.startswith("summary: ") and "5 done" in summary and "1 failed" in summary
+    assert "failed exp05_b: exit 3: error: boom" in summary
+
+    again = run_all(runs, jobs=1, poll_s=0.05, say=said.append)
+    assert [o.status for o in again].count("skipped") == 5
+    assert [o.run.name for o in again if o.status == "failed"] == ["exp05_b"]
+    assert "=== " in (tmp_path / "runs/exp05_b/train.log").read_text().split("boom", 1)[1]
+
+    (tmp_path / "runs/exp05_a/DONE").write_text("train.py something else\n")
+    assert runs[0].stale()
+    forced = run_all(runs[:1], force=True, poll_s=0.05, say=said.append)
+    assert forced[0].status == "done" and not runs[0].stale()
+
+
+def test_generated_script_runs_and_reports_failures(tmp_path, fake_train):
+    runs = _runs(tmp_path)
+    text = script(runs, "python -m sweeps script exp05")
+    assert [ln.split()[1] for ln in text.splitlines() if ln.startswith("run ")] == [
+        r.name for r in runs]
+    assert "also stands for exp05_d" in text
+    path = tmp_path / "study.sh"
+    path.write_text(text)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    env = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1 and "failed: exp05_b" in done.stderr
+    assert (tmp_path / "runs/exp05_f/DONE").is_file() and not runs[-1].stale()
+    assert "training" in (tmp_path / "runs/exp05_a/train.log").read_text()
+    # finished runs are not trained again
+    (tmp_path / "runs/exp05_a/train.log").unlink()
+    subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, check=False)
+    assert not (tmp_path / "runs/exp05_a/train.log").exists()
+
+
+def test_data_note_names_the_data_sets_to_build(tmp_path):
+    text = script(plan(select("exp04a_100"), Settings()), "x")
+    assert "--subsample-size 100 --num-aug 1000 --out data/sudoku-extreme-100-aug-1000" in text
+
+
+def test_cli(tmp_path, capsys, fake_train):
+    assert main(["list", "exp05", "contrib"]) == 0
+    out = capsys.readouterr().out
+    assert "exp05_d" in out and "(= baseline)" in out
+    assert "10 entries in 3 groups, 8 distinct runs" in out
+    assert main(["show", "exp07a"]) == 0
+    out = capsys.readouterr().out
+    assert "model.forward_dtype: 'bfloat16' -> 'float32'" in out
+    assert "--model.forward-dtype float32" in out
+    assert main(["show", "exp99"]) == 2
+    assert "no catalog entry 'exp99'" in capsys.readouterr().err
+    assert main(["list", "nothing"]) == 2
+    target = tmp_path / "s.sh"
+    assert main(["script", "exp05_[ab]", "--scale", "cpu", "-o", str(target)]) == 0
+    assert "--scale cpu" in target.read_text().splitlines()[1]
+    assert main(["run", "exp05_a", "--dry-run", "--root", str(tmp_path / "r")]) == 0
+    assert "to run" in capsys.readouterr().out
+    assert main(["run", "exp05_b", "--root", str(tmp_path / "r"), "--no-track"]) == 1
+    assert "1 failed" in capsys.readouterr().out
