@@ -31,27 +31,28 @@ def test_round_trip(overrides):
         np.testing.assert_array_equal(a, b)
 
 
-def test_missing_parameter_is_named():
-    config = tiny_config()
-    sd = to_official_state_dict(tiny_model(config))
+def _drop_layer_1_mlp_down(sd):
     del sd["inner.L_level.layers.1.mlp.down_proj.weight"]
-    with pytest.raises(StateDictError, match=r"inner\.L_level\.layers\.1\.mlp\.down_proj"):
-        from_official_state_dict(sd, config)
 
 
-def test_unexpected_parameter_is_named():
-    config = tiny_config()
-    sd = to_official_state_dict(tiny_model(config))
+def _add_layer_2(sd):
     sd["inner.L_level.layers.2.mlp.down_proj.weight"] = np.zeros((32, 256), np.float32)
-    with pytest.raises(StateDictError, match=r"layers\.2\.mlp\.down_proj.*does not use"):
-        from_official_state_dict(sd, config)
 
 
-def test_wrong_shape_is_named():
+def _shrink_lm_head(sd):
+    sd["inner.lm_head.weight"] = np.zeros((3, 32), np.float32)
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (_drop_layer_1_mlp_down, r"lacks parameter 'inner\.L_level\.layers\.1\.mlp\.down_proj"),
+    (_add_layer_2, r"layers\.2\.mlp\.down_proj.*does not use"),
+    (_shrink_lm_head, r"'inner\.lm_head\.weight' has shape \(3, 32\)"),
+])
+def test_bad_parameter_is_named(corrupt, message):
     config = tiny_config()
     sd = to_official_state_dict(tiny_model(config))
-    sd["inner.lm_head.weight"] = np.zeros((3, 32), np.float32)
-    with pytest.raises(StateDictError, match=r"'inner\.lm_head\.weight' has shape \(3, 32\)"):
+    corrupt(sd)
+    with pytest.raises(StateDictError, match=message):
         from_official_state_dict(sd, config)
 
 
