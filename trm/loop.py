@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -24,7 +25,6 @@ from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped
 from trm.config import ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
-from trm.evaluation import evaluate_batches
 from trm.model import TRM, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import RunConfig
@@ -63,8 +63,12 @@ def initialize_distributed(cfg: RunConfig) -> None:
     m = cfg.mesh
     if not m.distributed:
         return
+    local = m.coordinator_address is not None and m.coordinator_address.startswith(
+        ("127.0.0.1:", "localhost:"))
     jax.distributed.initialize(coordinator_address=m.coordinator_address,
-                               num_processes=m.num_processes, process_id=m.process_id)
+                               num_processes=m.num_processes, process_id=m.process_id,
+                               # a coordinator on this machine listens on loopback only
+                               coordinator_bind_address=m.coordinator_address if local else None)
 
 
 def prepare_data(cfg: RunConfig) -> Path:
@@ -107,16 +111,20 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 def evaluate(model: TRM, data_dir: Path, cfg: RunConfig, mesh: Mesh,
              ) -> dict[str, dict[str, Any]]:
-    """Official metrics and per-step curves on every eval set: set name -> metrics."""
-    from data.pipeline import eval_batches
+    """Official metrics, per-step curves and, with eval.evaluators=("arc",), ARC pass@K on
+    every eval set: set name -> metrics. The ARC submission of the latest evaluation is
+    written to <run_dir>/arc_submission_<set>.json."""
+    from trm.arc_eval import write_submission
+    from trm.eval_run import evaluate_split  # imported here: it imports this module
 
     batch_size = cfg.eval.batch_size or cfg.optim.global_batch_size
     results = {}
     for split in cfg.eval.eval_sets:
-        batches = (to_global(b, mesh) for b in eval_batches(
-            data_dir, global_batch_size=batch_size, split=split))
-        metrics, curves = evaluate_batches(model, batches)
-        results[split] = {**metrics, **curves}
+        r = evaluate_split(model, data_dir, split, mesh, batch_size=batch_size,
+                           arc="arc" in cfg.eval.evaluators)
+        if r.submission is not None and jax.process_index() == 0:
+            write_submission(Path(cfg.run_dir) / f"arc_submission_{split}.json", r.submission)
+        results[split] = r.flat()
     return results
 
 
@@ -174,9 +182,14 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     exploration = (None if h.exploration_start is None
                    else linear_anneal(h.exploration_start, h.exploration_end, total))
     key = jax.random.key(cfg.seed)
-    state = init_train_state(TRM(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
-                             o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
-    state = jax.device_put(state, state_shardings(state, mesh))
+
+    def make_state() -> TrainState:
+        return init_train_state(TRM(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
+                                o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
+
+    # built under jit straight into its global shardings (works across hosts)
+    shardings = state_shardings(eqx.filter_eval_shape(make_state), mesh)
+    state = jax.jit(make_state, out_shardings=shardings)()
     data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,
                                seed=cfg.data.seed, num_aug=cfg.data.num_aug,
                                num_workers=cfg.data.num_workers)
