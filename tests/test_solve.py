@@ -1,0 +1,130 @@
+"""`python evaluate.py solve`: puzzles of each kind through a model, the per-step text and
+the PNG strip (size, panels, highlighted cells), and one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import tiny_config, tiny_model
+from matplotlib.image import imread
+from test_data_fixtures import MAZE_A, built_arc, built_sudoku, solved_sudoku
+from test_evaluate import save_tiny_checkpoint
+
+import evaluate as evaluate_cli
+from data.arc import identifier_starts
+from data.pipeline import arc_pairs, load_metadata, task_ids
+from data.store import read_arc
+from trm.eval_source import ModelSource, load_model
+from trm.render import HIGHLIGHT, cell_box, cells, draw_strip, strip_panels, strip_size
+from trm.solve import arc_puzzle, describe, maze_puzzle, solve, sudoku_puzzle
+
+SOLUTION = "".join(map(str, solved_sudoku(5).ravel()))
+QUESTION = "".join("." if k % 3 == 0 else c for k, c in enumerate(SOLUTION))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("solve")
+    return save_tiny_checkpoint(root, built_sudoku(root, n_train=8, n_test=8))[0]
+
+
+def pixel(png: np.ndarray, x: float, y: float) -> np.ndarray:
+    return png[int(y), int(x), :3]
+
+
+def test_changed_and_wrong_cells_of_the_panels(tmp_path):
+    q = sudoku_puzzle(QUESTION, SOLUTION)
+    step1 = q.labels.copy()
+    step1[0] = 5                              # one wrong digit at (0, 0)
+    step2 = q.labels.copy()                   # fixed at step 2
+    panels = strip_panels("sudoku", q.inputs, np.stack([step1, step2]),
+                          np.array([-3.0, 2.0]), q.labels)
+    assert [p.title for p in panels] == ["input", "step 1  q=0.05 ✗", "step 2  q=0.88 ✓",
+                                         "target"]
+    blanks = cells("sudoku", q.inputs) == 0
+    np.testing.assert_array_equal(panels[1].changed, blanks)     # filled in at step 1
+    assert panels[1].wrong.sum() == 1 and panels[1].wrong[0, 0]
+    assert panels[2].changed.sum() == 1 and panels[2].changed[0, 0]
+    assert not panels[2].wrong.any()
+    path = tmp_path / "strip.png"
+    assert draw_strip(path, "sudoku", panels, cells("sudoku", q.inputs)) == strip_size(4)
+    png = imread(path)
+    assert (png.shape[1], png.shape[0]) == strip_size(4)
+    orange = np.array([int(HIGHLIGHT["sudoku"][k:k + 2], 16) / 255 for k in (1, 3, 5)])
+
+    def top_edge(i: int, j: int) -> np.ndarray:           # of cell (i, j) in the step-2 panel
+        x0, y0, x1, _ = cell_box(2, (9, 9), i, j)
+        return png[int(y0), int((x0 + x1) / 2), :3]
+    np.testing.assert_allclose(top_edge(0, 0), orange, atol=0.1)          # the changed cell
+    assert np.abs(top_edge(2, 1) - orange).max() > 0.3                    # unchanged ones
+    assert np.abs(top_edge(0, 1) - orange).max() > 0.3
+
+
+def test_sudoku_strip_and_text(checkpoint, tmp_path):
+    model = load_model(ModelSource(checkpoint_dir=str(checkpoint))).model
+    puzzle = sudoku_puzzle(QUESTION, SOLUTION)
+    trace = solve(model, puzzle)
+    steps = model.config.halt_max_steps
+    assert trace.step_preds.shape == (steps, 81) and trace.exact.shape == (steps,)
+    text = describe(trace)
+    assert all(f"step {k:2d}  q_halt" in text for k in range(1, steps + 1))
+    panels = strip_panels("sudoku", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    assert len(panels) == steps + 2
+    path = tmp_path / "sudoku.png"
+    size = draw_strip(path, "sudoku", panels, cells("sudoku", puzzle.inputs))
+    png = imread(path)
+    assert size == strip_size(len(panels)) == (png.shape[1], png.shape[0])
+
+
+def test_maze_file(tmp_path):
+    path = tmp_path / "maze.txt"
+    path.write_text("\n".join(MAZE_A) + "\n")
+    puzzle = maze_puzzle(path)
+    assert (puzzle.inputs != 5).all() and (puzzle.labels == 5).sum() == "".join(MAZE_A).count("o")
+    model = tiny_model(tiny_config(vocab_size=6, seq_len=25, num_puzzle_identifiers=1,
+                                   L_layers=1, H_cycles=1, L_cycles=1, halt_max_steps=2))
+    trace = solve(model, puzzle)
+    panels = strip_panels("maze", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    np.testing.assert_array_equal(cells("maze", puzzle.labels),
+                                  [["# SGo".index(c) for c in row] for row in MAZE_A])
+    size = draw_strip(tmp_path / "maze.png", "maze", panels)
+    assert size == strip_size(4) and imread(tmp_path / "maze.png").shape[:2] == size[::-1]
+    path.write_text("#S#\n# G\n")
+    with pytest.raises(ValueError, match="N lines of N"):
+        maze_puzzle(path)
+
+
+def test_arc_task(tmp_path):
+    d = built_arc(tmp_path, num_aug=2)
+    puzzle = arc_puzzle(d, "ev0", 1)
+    grid_in, grid_out = arc_pairs(d)["ev0"][1]
+    np.testing.assert_array_equal(cells("arc", puzzle.inputs), grid_in)
+    np.testing.assert_array_equal(cells("arc", puzzle.labels), grid_out)
+    starts = identifier_starts(read_arc(d)[0].pool_count)
+    assert puzzle.puzzle_identifier == starts[task_ids(d).index("ev0")]
+    model = tiny_model(tiny_config(vocab_size=12, seq_len=900, L_layers=1, H_cycles=1,
+                                   L_cycles=1, num_heads=2, halt_max_steps=2,
+                                   num_puzzle_identifiers=load_metadata(d).num_puzzle_identifiers))
+    trace = solve(model, puzzle)
+    panels = strip_panels("arc", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    assert panels[-1].title == "target" and panels[-1].grid.shape == grid_out.shape
+    size = draw_strip(tmp_path / "arc.png", "arc", panels)
+    assert imread(tmp_path / "arc.png").shape[:2] == size[::-1] == strip_size(4)[::-1]
+    with pytest.raises(ValueError, match="test input"):
+        arc_puzzle(d, "ev0", 2)
+    with pytest.raises(ValueError, match="no test task"):
+        arc_puzzle(d, "tr0", 0)                               # a training task
+
+
+def test_cli(checkpoint, tmp_path, capsys):
+    out = tmp_path / "strip.png"
+    args = ["solve", "--checkpoint-dir", str(checkpoint), "--out", str(out)]
+    assert evaluate_cli.main(args + ["--sudoku", QUESTION, "--solution", SOLUTION]) == 0
+    assert "adaptive halting" in capsys.readouterr().out and out.stat().st_size > 0
+    out.unlink()
+    for bad, message in ((["--sudoku", "123"], "81 characters"),
+                         (["--sudoku", QUESTION, "--maze", "m.txt"], "exactly one puzzle")):
+        assert evaluate_cli.main(args + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
+        assert not out.exists()

@@ -1,0 +1,287 @@
+"""Evaluate a model on data set splits: official metrics, accuracy per supervision step, ARC
+voting; `python evaluate.py` (README "Evaluation") and the training loop's evaluation.
+
+Batches are sharded on the mesh's data axis like training batches; every row runs exactly
+`halt_max_steps` supervision steps (`trm.evaluation.rollout`). Per split:
+- `metrics`: the official metric sums divided by the number of labelled rows (accuracy =
+  token accuracy, exact_accuracy, q_halt_accuracy, steps, lm_loss, q_halt_loss) and count;
+- `per_step`: exact accuracy if every puzzle stopped after step k (k = 1..halt_max_steps), and
+  the adaptive policy that stops at the first step with q_halt > 0: its exact accuracy and
+  mean number of steps;
+- `arc` (ARC data sets): pass@K after voting over augmented copies (`trm.arc_eval`), and the
+  Kaggle submission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from data.common import atomic_file
+from trm.arc_eval import ArcVoter, Submission, write_submission
+from trm.eval_source import ModelSource, check_compatible, load_model
+from trm.evaluation import (
+    Rollout,
+    host_array,
+    normalize_eval_metrics,
+    per_step_accuracy,
+    rollout,
+    sum_metrics,
+)
+from trm.loop import to_global
+from trm.model import TRM
+from trm.render import plot_per_step
+from trm.tracking import Tracker
+from trm.train_step import make_mesh
+
+ARC_KEYS = ("valid", "task_index", "test_index", "dihedral", "colour_perm")
+RolloutFn = Callable[..., Rollout]
+
+
+@dataclasses.dataclass
+class SetResult:
+    """Evaluation of one split."""
+
+    metrics: dict[str, float]
+    per_step: dict[str, Any]
+    arc: dict[str, float] | None = None
+    submission: Submission | None = None
+    puzzles: int = 0
+    """Rows evaluated (padding excluded; ARC: every augmented copy)."""
+    seconds: float = 0.0
+
+    def flat(self) -> dict[str, Any]:
+        """metrics, per-step curves and pass@K in one mapping (training-loop form)."""
+        return {**self.metrics, **self.per_step, **(self.arc or {})}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "per_step": self.per_step, "arc": self.arc,
+                "puzzles": self.puzzles, "seconds": round(self.seconds, 3),
+                "puzzles_per_s": self.puzzles / max(self.seconds, 1e-9)}
+
+
+def _all_hosts(x: np.ndarray) -> np.ndarray:
+    """Host-local rows of every process, in global row order."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def evaluate_stream(model: TRM, batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
+                    voter: ArcVoter | None = None, rollout_fn: RolloutFn = rollout,
+                    progress: tqdm | None = None) -> SetResult:
+    """Evaluate host batches ({"inputs", "labels", "puzzle_identifiers"} [+ "valid"], ARC
+    fields for the voter). Batch n + 1 is dispatched before batch n is read back."""
+    totals: dict[str, float] = {}
+    exact, q_halt, puzzles = [], [], 0
+    start = time.perf_counter()
+
+    def collect(batch: Mapping[str, np.ndarray], result: Rollout) -> None:
+        nonlocal puzzles
+        sum_metrics(totals, result.metrics)
+        labelled = host_array(result.labelled)
+        valid = _all_hosts(batch["valid"]) if "valid" in batch else np.ones_like(labelled)
+        keep = labelled & valid
+        exact.append(host_array(result.exact)[:, keep])
+        q = host_array(result.q_halt)
+        q_halt.append(q[:, keep])
+        puzzles += int(valid.sum())
+        if voter is not None:
+            voter.add_batch({k: _all_hosts(batch[k]) for k in ARC_KEYS},
+                            host_array(result.preds), q[-1])
+        if progress is not None:
+            progress.update(1)
+
+    pending = None
+    for batch in batches:
+        g = to_global(batch, mesh)
+        result = rollout_fn(model, g["inputs"], g["labels"], g["puzzle_identifiers"])
+        if pending is not None:
+            collect(*pending)
+        pending = (batch, result)
+    if pending is not None:
+        collect(*pending)
+    steps = model.config.halt_max_steps
+    per_step = per_step_accuracy(
+        np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool),
+        np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0), np.float32))
+    return SetResult(metrics=normalize_eval_metrics(totals), per_step=per_step,
+                     arc=None if voter is None else voter.summary(),
+                     submission=None if voter is None else voter.submission(),
+                     puzzles=puzzles, seconds=time.perf_counter() - start)
+
+
+def evaluate_split(model: TRM, data_dir: str | Path, split: str, mesh: Mesh, *, batch_size: int,
+                   arc: bool | None = None, progress: bool = False,
+                   rollout_fn: RolloutFn = rollout) -> SetResult:
+    """Evaluate `model` on one split of a built data set. `arc`: vote over augmented copies
+    (None: on ARC data sets)."""
+    from data.pipeline import arc_pairs, eval_batches, eval_dataset, load_metadata, task_ids
+
+    meta = load_metadata(data_dir, split)
+    check_compatible(model.config, meta)
+    if batch_size < 1 or batch_size % mesh.devices.size:
+        raise ValueError(f"batch size {batch_size} must be a positive multiple of the "
+                         f"{mesh.devices.size} devices")
+    if arc and meta.name != "arc":
+        raise ValueError(f"the ARC evaluator needs an ARC data set, {data_dir} is {meta.name}")
+    voter = (ArcVoter(arc_pairs(data_dir, split), task_ids(data_dir))
+             if (meta.name == "arc" if arc is None else arc) else None)
+    n_batches = len(eval_dataset(data_dir, global_batch_size=batch_size, split=split))
+    with tqdm(total=n_batches, desc=f"eval {split}", unit="batch", dynamic_ncols=True,
+              disable=not progress or jax.process_index() != 0) as bar:
+        return evaluate_stream(model, eval_batches(data_dir, global_batch_size=batch_size,
+                                                   split=split),
+                               mesh, voter=voter, rollout_fn=rollout_fn, progress=bar)
+
+
+# ---------------------------------------------------------------------------------------------
+# python evaluate.py
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs(ModelSource):
+    """Evaluate a checkpoint or official weights on data set splits."""
+
+    data_dir: str | None = None
+    """Built data set directory (default: the checkpoint's training data)."""
+    split: tuple[str, ...] = ("test",)
+    """Splits to evaluate."""
+    batch_size: int | None = None
+    """Global evaluation batch (default: the run's eval batch, else 768)."""
+    out: str = "eval_results.json"
+    """Results JSON."""
+    plot: str | None = None
+    """Per-step accuracy PNG (default: <out without .json>_per_step.png)."""
+    arc_submission: str | None = None
+    """Kaggle submission for ARC data (default: <out without .json>_submission.json)."""
+    aim_run: str | None = None
+    """Hash of an Aim run (e.g. the training run) to add these results to."""
+    track: bool = False
+    """Log the results to a new Aim run (experiment "evaluate")."""
+    aim_repo: str | None = None
+    """Aim repository (default: the training run's, else .aim)."""
+    devices: int | None = None
+    """Devices on the data-parallel mesh (default: all)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def output_path(self, suffix: str) -> Path:
+        return Path(self.out).with_name(Path(self.out).stem + suffix)
+
+
+def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:
+    if not (args.aim_run or args.track) or jax.process_index() != 0:
+        return Tracker(None)
+    import aim  # only when tracking
+
+    repo = args.aim_repo or default_repo
+    options = {"repo": repo, "system_tracking_interval": None, "capture_terminal_logs": False}
+    if args.aim_run:
+        try:
+            return Tracker(aim.Run(run_hash=args.aim_run, **options))
+        except aim.sdk.errors.MissingRunError:
+            raise ValueError(f"no Aim run {args.aim_run} in {repo}") from None
+    run = aim.Run(experiment="evaluate", **options)
+    run["hparams"] = {"evaluate": json.loads(json.dumps(dataclasses.asdict(args)))}
+    return Tracker(run)
+
+
+def track_results(tracker: Tracker, results: Mapping[str, SetResult], step: int,
+                  weights: str) -> None:
+    """Scalars at the checkpoint's step (context subset=eval, set, source=evaluate, weights);
+    the per-step curve as `exact_accuracy_at_step` against the supervision step."""
+    for split, r in results.items():
+        context = {"subset": "eval", "set": split, "source": "evaluate", "weights": weights}
+        tracker.track({k: v for k, v in r.flat().items() if np.ndim(v) == 0}, step, context)
+        for k, acc in enumerate(r.per_step["exact_accuracy_at_step"], start=1):
+            tracker.track({"exact_accuracy_at_step": acc}, k,
+                          {**context, "checkpoint_step": str(step)})
+
+
+def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
+    lines = []
+    for split, r in results.items():
+        m, s = r.metrics, r.per_step
+        lines.append(f"{split}: exact {m.get('exact_accuracy', 0):.4f}  token "
+                     f"{m.get('accuracy', 0):.4f}  q_halt {m.get('q_halt_accuracy', 0):.4f}  "
+                     f"steps {m.get('steps', 0):.2f}  (n={int(m['count'])}, "
+                     f"{r.puzzles / max(r.seconds, 1e-9):.1f} puzzles/s)")
+        curve = " ".join(f"{k}:{a:.3f}" for k, a in enumerate(s["exact_accuracy_at_step"], 1))
+        lines.append(f"  exact accuracy if stopped after step k: {curve}")
+        lines.append(f"  adaptive halting (q_halt > 0): exact {s['adaptive_exact_accuracy']:.4f} "
+                     f"at {s['adaptive_mean_steps']:.2f} steps")
+        if r.arc is not None:
+            lines.append("  ARC " + "  ".join(f"{k} {v:.4f}" for k, v in r.arc.items()
+                                             if k.startswith("pass@")))
+    return lines
+
+
+def run_evaluate(args: EvalArgs) -> dict[str, Any]:
+    """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
+    from data.pipeline import load_metadata
+
+    mesh = make_mesh(args.devices)
+    meta = (load_metadata(args.data_dir, args.split[0])
+            if args.official_weights and args.data_dir else None)
+    loaded = load_model(args, data_metadata=meta, sharding=NamedSharding(mesh, P()))
+    run = loaded.run_config
+    data_dir = args.data_dir or (run.data.data_dir if run else None)
+    if data_dir is None:
+        raise ValueError("give --data-dir")
+    batch_size = args.batch_size or (run.eval.batch_size or run.optim.global_batch_size
+                                     if run else 768)
+    tracker = _open_tracker(args, run.tracking.repo if run else ".aim")
+    try:
+        start = time.perf_counter()
+        results = {split: evaluate_split(loaded.model, data_dir, split, mesh,
+                                         batch_size=batch_size, progress=args.progress)
+                   for split in args.split}
+        doc = {"source": loaded.info, "data_dir": str(data_dir), "batch_size": batch_size,
+               "devices": int(mesh.devices.size), "seconds": round(time.perf_counter() - start, 3),
+               "sets": {split: r.to_json() for split, r in results.items()},
+               "aim_run": tracker.run_hash}
+        if jax.process_index() == 0:
+            print("\n".join(summary_lines(results)))
+            _write_outputs(args, doc, results)
+        track_results(tracker, results, int(loaded.info.get("step") or 0), loaded.info["weights"])
+    finally:
+        tracker.close()
+    return doc
+
+
+def _write_outputs(args: EvalArgs, doc: dict[str, Any], results: Mapping[str, SetResult]) -> None:
+    plot = Path(args.plot) if args.plot else args.output_path("_per_step.png")
+    source = doc["source"]
+    title = (f"{source.get('checkpoint_dir') or source.get('official_weights')} "
+             f"step {source.get('step', '-')} ({source['weights']})")
+    plot_per_step(plot, {s: r.per_step for s, r in results.items()}, title)
+    doc["plot"] = str(plot)
+    arc = {s: r.submission for s, r in results.items() if r.submission is not None}
+    for split, submission in arc.items():
+        path = (Path(args.arc_submission) if args.arc_submission and len(arc) == 1 else
+                args.output_path(f"_{split}_submission.json" if len(arc) > 1 else
+                                 "_submission.json"))
+        write_submission(path, submission)
+        doc["sets"][split]["submission"] = str(path)
+    with atomic_file(Path(args.out)) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    print(f"wrote {args.out}, {plot}" + "".join(
+        f", {doc['sets'][s]['submission']}" for s in arc))
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

@@ -1,0 +1,194 @@
+"""Where evaluated weights come from: one of our checkpoint directories (EMA weights by
+default, raw on request) or an imported official state dict with its architecture config.
+
+`load_model(source, data_dir=...)` returns the model plus a JSON description of what was
+loaded; `evaluate.py` and `evaluate.py solve` share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from trm.checkpoint import Checkpointer, to_json
+from trm.config import ModelConfig
+from trm.model import TRM, replace_config
+from trm.official import config_from_official, from_official_state_dict, load_state_dict_file
+from trm.optim import build_optimizer, build_schedules
+from trm.run_config import CheckpointConfig, RunConfig
+from trm.train_step import TrainState, eval_model, init_train_state
+
+DATA_FIELDS = ("vocab_size", "seq_len", "num_puzzle_identifiers")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Weights to evaluate: --checkpoint-dir, or --official-weights (+ --official-config)."""
+
+    checkpoint_dir: str | None = None
+    """Checkpoint directory written by train.py (<run_dir>/checkpoints)."""
+    step: int | None = None
+    """Checkpoint step to load (None: the latest)."""
+    raw_weights: bool = False
+    """Use the raw network weights instead of their EMA (the training-time evaluation weights)."""
+    official_weights: str | None = None
+    """Official PyTorch state dict (step_N / .pt, needs torch) or .npz of param/<name> arrays."""
+    official_config: str | None = None
+    """Official architecture: all_config.yaml, a JSON file ({"arch": ...}, {"model": ...,
+    "loss_type": ...} or the arch dict) or an .npz holding config_json (None: the weights
+    file, when it is an .npz)."""
+    halt_max_steps: int | None = None
+    """Run this many supervision steps instead of the trained number (None: as trained)."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: TRM
+    info: dict[str, Any]
+    """JSON description: where the weights came from, step, which weights, model config."""
+    run_config: RunConfig | None = None
+    """The training run's config (checkpoints only)."""
+
+
+def dataclass_from_json(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from its JSON form; lists become tuples, keys the
+    dataclass does not have are ignored and missing ones keep their defaults."""
+    hints = typing.get_type_hints(cls)
+
+    def value(tp: Any, v: Any) -> Any:
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            return dataclass_from_json(tp, v)
+        return tuple(value(None, x) for x in v) if isinstance(v, list) else v
+
+    return cls(**{f.name: value(hints[f.name], data[f.name])
+                  for f in dataclasses.fields(cls) if f.name in data})
+
+
+def _state_template(model_cfg: ModelConfig, run: RunConfig) -> TrainState:
+    """The train state `train(run)` checkpoints (shapes only when under eval_shape)."""
+    lr, _ = build_schedules(run.optim, 1)  # the schedule length does not shape the state
+    return init_train_state(TRM(model_cfg, key=jax.random.key(0)),
+                            build_optimizer(run.optim, lr), run.optim.global_batch_size,
+                            jax.random.key(1), ema=run.optim.ema)
+
+
+def _read_only(directory: Path, model_cfg: ModelConfig) -> Checkpointer:
+    # a huge keep_last: opening the manager must never make it drop a step
+    return Checkpointer(directory, CheckpointConfig(keep_last=2**31 - 1, async_save=False),
+                        model_cfg)
+
+
+def restore_checkpoint(directory: str | Path, step: int | None = None, raw_weights: bool = False,
+                       sharding: jax.sharding.Sharding | None = None) -> LoadedModel:
+    """Evaluation weights of a checkpoint written by `trm.loop.train`."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such checkpoint directory")
+    with _read_only(d, ModelConfig()) as probe:
+        steps = probe.all_steps()
+        if not steps:
+            hint = " (did you mean its checkpoints/ folder?)" if (d / "checkpoints").is_dir() else ""
+            raise FileNotFoundError(f"{d}: no checkpoint steps in this directory{hint}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise ValueError(f"{d}: no step {step} (steps kept: {', '.join(map(str, steps))})")
+        stored = probe.stored_config(step)
+    if not stored.get("run"):
+        raise ValueError(f"{d}: step {step} has no run config (not written by train.py)")
+    model_cfg = dataclass_from_json(ModelConfig, stored["model"])
+    run = dataclass_from_json(RunConfig, stored["run"])
+    template = eqx.filter_eval_shape(_state_template, model_cfg, run)
+    with _read_only(d, model_cfg) as checkpointer:
+        state = checkpointer.restore(template, step=step, sharding=sharding)
+    weights = "raw" if raw_weights or state.ema is None else "ema"
+    model = state.model if weights == "raw" else eval_model(state)
+    info = {"checkpoint_dir": str(d), "step": step, "weights": weights}
+    return LoadedModel(model, info, run)
+
+
+def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
+    """(official arch dict, loss type) from all_config.yaml, a JSON file or a fixture .npz."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such config file")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            if "config_json" not in f.files:
+                raise ValueError(f"{p}: no config_json array in this .npz")
+            doc = json.loads(str(f["config_json"]))
+    elif p.suffix in (".yaml", ".yml"):
+        import yaml  # only official all_config.yaml files need it
+        doc = yaml.safe_load(p.read_text())
+    else:
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{p}: expected a mapping of config fields")  # noqa: TRY004 (bad input)
+    arch = doc.get("arch") or doc.get("model") or doc
+    loss = arch.get("loss", {}) if isinstance(arch.get("loss"), dict) else {}
+    loss_type = loss.get("loss_type") or doc.get("loss_type") or "stablemax_cross_entropy"
+    return {k: v for k, v in arch.items() if k != "loss"}, loss_type
+
+
+def import_official(weights: str | Path, config: str | Path | None,
+                    data_metadata: Any | None = None) -> LoadedModel:
+    """An official state dict under its architecture config. vocab_size, seq_len and
+    num_puzzle_identifiers come from the config when it has them (fixtures do), else from the
+    data set (as the official code takes them)."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no such weights file")
+    if config is None:
+        if weights.suffix != ".npz":
+            raise ValueError("--official-config is needed unless the weights are an .npz "
+                             "holding config_json")
+        config = weights
+    arch, loss_type = read_official_config(config)
+    missing = [k for k in DATA_FIELDS if k not in arch]
+    if missing and data_metadata is None:
+        raise ValueError(f"the official config lacks {', '.join(missing)}; give --data-dir")
+    arch = {**{k: getattr(data_metadata, k) for k in missing}, **arch}
+    model_cfg = config_from_official(dict(arch, halt_exploration_prob=0.0), loss_type)
+    model = from_official_state_dict(load_state_dict_file(weights), model_cfg)
+    return LoadedModel(model, {"official_weights": str(weights), "official_config": str(config),
+                               "weights": "official"})
+
+
+def load_model(source: ModelSource, *, data_metadata: Any | None = None,
+               sharding: jax.sharding.Sharding | None = None) -> LoadedModel:
+    """The model named by `source` (exactly one of checkpoint_dir / official_weights)."""
+    if (source.checkpoint_dir is None) == (source.official_weights is None):
+        raise ValueError("give exactly one of --checkpoint-dir and --official-weights")
+    if source.checkpoint_dir is not None:
+        loaded = restore_checkpoint(source.checkpoint_dir, source.step, source.raw_weights,
+                                    sharding)
+    else:
+        loaded = import_official(source.official_weights, source.official_config, data_metadata)
+        if sharding is not None:
+            arrays, rest = eqx.partition(loaded.model, eqx.is_array)
+            loaded.model = eqx.combine(jax.device_put(arrays, sharding), rest)
+    if source.halt_max_steps is not None:
+        cfg = dataclasses.replace(loaded.model.config, halt_max_steps=source.halt_max_steps)
+        loaded.model = replace_config(loaded.model, cfg)
+    loaded.info["model"] = to_json(loaded.model.config)
+    return loaded
+
+
+def check_compatible(config: ModelConfig, metadata: Any) -> None:
+    """Raise ValueError when the model cannot read the data set."""
+    for name in ("vocab_size", "seq_len"):
+        if getattr(config, name) != getattr(metadata, name):
+            raise ValueError(f"the model has {name} {getattr(config, name)}, the data set "
+                             f"{getattr(metadata, name)}")
+    if config.num_puzzle_identifiers < metadata.num_puzzle_identifiers:
+        raise ValueError(f"the model knows {config.num_puzzle_identifiers} puzzle identifiers, "
+                         f"the data set uses {metadata.num_puzzle_identifiers}")

@@ -1,0 +1,206 @@
+"""`python evaluate.py solve`: one puzzle through a model, showing the prediction after every
+supervision step — text in the terminal, a PNG strip (`trm.render`) and the q_halt
+confidence per step.
+
+Puzzles: a Sudoku as 81 characters (digits, '.' or '0' for blanks; optionally its solution),
+a maze file (N lines of N characters from "# SGo"; cells marked 'o' are the path, which is then
+the target and is removed from the input), or an ARC test input (task id and test index) of a
+built ARC data set, unaugmented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Bool, Float, Int
+
+from data.augment import encode_grid
+from data.common import IGNORE_LABEL_ID, MAZE_CHARSET
+from trm.eval_source import ModelSource, load_model
+from trm.evaluation import rollout
+from trm.model import TRM
+from trm.render import Kind, cells, changed_cells, draw_strip, strip_panels
+
+
+@dataclasses.dataclass(frozen=True)
+class Puzzle:
+    kind: Kind
+    name: str
+    inputs: Int[np.ndarray, " s"]
+    labels: Int[np.ndarray, " s"]
+    """Target tokens; IGNORE_LABEL_ID where unknown."""
+    puzzle_identifier: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels != IGNORE_LABEL_ID).any())
+
+
+def _labels(tokens: np.ndarray) -> np.ndarray:
+    return np.where(tokens == 0, IGNORE_LABEL_ID, tokens).astype(np.int32)
+
+
+def _sudoku_tokens(text: str, what: str) -> np.ndarray:
+    s = "".join(text.split())
+    if len(s) != 81 or any(c not in ".0123456789" for c in s):
+        raise ValueError(f"a Sudoku {what} is 81 characters of 1-9 with '.' or '0' for blanks, "
+                         f"got {len(s)} characters: {s[:20]!r}...")
+    return np.array([1 if c in ".0" else int(c) + 1 for c in s], np.int32)
+
+
+def sudoku_puzzle(text: str, solution: str | None = None) -> Puzzle:
+    """Tokens as the data set's: blank 1, digit d -> d + 1."""
+    inputs = _sudoku_tokens(text, "puzzle")
+    labels = (np.full(81, IGNORE_LABEL_ID, np.int32) if solution is None
+              else _labels(_sudoku_tokens(solution, "solution")))
+    return Puzzle("sudoku", "sudoku", inputs, labels)
+
+
+def maze_puzzle(path: str | Path) -> Puzzle:
+    """Maze chars "# SGo" -> tokens 1..5; path cells ('o') become the target."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such maze file")
+    rows = [r for r in p.read_text().splitlines() if r.strip()]
+    n = len(rows)
+    bad = [c for c in "".join(rows) if c not in MAZE_CHARSET]
+    if not n or any(len(r) != n for r in rows) or bad:
+        raise ValueError(f"{p}: a maze is N lines of N characters from {MAZE_CHARSET!r}")
+    grid = np.array([[MAZE_CHARSET.index(c) + 1 for c in r] for r in rows], np.int32).ravel()
+    path_token = MAZE_CHARSET.index("o") + 1
+    has_path = bool((grid == path_token).any())
+    inputs = np.where(grid == path_token, MAZE_CHARSET.index(" ") + 1, grid).astype(np.int32)
+    labels = grid if has_path else np.full(grid.shape, IGNORE_LABEL_ID, np.int32)
+    return Puzzle("maze", p.name, inputs, labels)
+
+
+def arc_puzzle(data_dir: str | Path, task_id: str, test_index: int) -> Puzzle:
+    """Test input `test_index` of ARC task `task_id`, original frame, its copy-0 identifier."""
+    from data.arc import identifier_starts
+    from data.pipeline import arc_pairs, task_ids
+    from data.store import read_arc
+
+    pairs = arc_pairs(data_dir, "test")
+    if task_id not in pairs:
+        raise ValueError(f"{data_dir}: no test task {task_id!r} (e.g. "
+                         f"{', '.join(list(pairs)[:5])})")
+    if not 0 <= test_index < len(pairs[task_id]):
+        raise ValueError(f"task {task_id} has {len(pairs[task_id])} test input(s), "
+                         f"not index {test_index}")
+    grid_in, grid_out = pairs[task_id][test_index]
+    starts = identifier_starts(read_arc(Path(data_dir))[0].pool_count)
+    identifier = int(starts[task_ids(data_dir).index(task_id)])
+    return Puzzle("arc", f"{task_id}[{test_index}]", encode_grid(grid_in),
+                  _labels(encode_grid(grid_out)), identifier)
+
+
+@dataclasses.dataclass
+class Trace:
+    puzzle: Puzzle
+    step_preds: Int[np.ndarray, "t s"]
+    q_halt: Float[np.ndarray, " t"]
+    exact: Bool[np.ndarray, " t"] | None
+    """Exactly right after each step (None when the target is unknown)."""
+
+
+def solve(model: TRM, puzzle: Puzzle) -> Trace:
+    """Run the eval rollout (all halt_max_steps steps) on one puzzle."""
+    c = model.config
+    if puzzle.inputs.size != c.seq_len or puzzle.inputs.max() >= c.vocab_size:
+        raise ValueError(f"the model reads {c.seq_len} tokens of vocabulary {c.vocab_size}; "
+                         f"this {puzzle.kind} puzzle has {puzzle.inputs.size} tokens up to "
+                         f"{puzzle.inputs.max()}")
+    if puzzle.puzzle_identifier >= c.num_puzzle_identifiers:
+        raise ValueError(f"puzzle identifier {puzzle.puzzle_identifier} is outside the model's "
+                         f"{c.num_puzzle_identifiers}")
+    r = rollout(model, jnp.asarray(puzzle.inputs[None]), jnp.asarray(puzzle.labels[None]),
+                jnp.array([puzzle.puzzle_identifier], jnp.int32), keep_step_preds=True)
+    return Trace(puzzle, np.asarray(r.step_preds[:, 0]), np.asarray(r.q_halt[:, 0]),
+                 np.asarray(r.exact[:, 0]) if puzzle.labelled else None)
+
+
+def grid_text(kind: Kind, grid: np.ndarray) -> str:
+    if grid.size == 0:
+        return "(empty grid)"
+    if kind == "sudoku":
+        return "\n".join(" ".join("." if v == 0 else str(v) if v > 0 else "?" for v in row)
+                         for row in grid)
+    if kind == "maze":
+        return "\n".join("".join(MAZE_CHARSET[v] if v >= 0 else "?" for v in row) for row in grid)
+    return "\n".join("".join(str(v) for v in row) for row in grid)
+
+
+def describe(trace: Trace) -> str:
+    """Terminal view: one line per step (q_halt, P(halt), cells changed, correct), the grid
+    after every step that changed it, and where adaptive halting would stop."""
+    p = trace.puzzle
+    lines = [f"{p.kind} {p.name}: {len(trace.q_halt)} supervision steps", "input:",
+             grid_text(p.kind, cells(p.kind, p.inputs))]
+    before = cells(p.kind, p.inputs)
+    for k, (pred, q) in enumerate(zip(trace.step_preds, trace.q_halt), start=1):
+        grid = cells(p.kind, pred)
+        shape_changed = grid.shape != before.shape
+        n = "new shape" if shape_changed else f"{int(changed_cells(grid, before).sum())} changed"
+        verdict = "" if trace.exact is None else ("  correct" if trace.exact[k - 1] else "  wrong")
+        lines.append(f"step {k:2d}  q_halt {q:+7.3f}  P(halt) {1 / (1 + math.exp(-q)):.3f}  "
+                     f"{n}{verdict}")
+        if k == 1 or shape_changed or (grid != before).any():
+            lines.append(grid_text(p.kind, grid))
+        before = grid
+    halts = np.flatnonzero(trace.q_halt > 0)
+    lines.append(f"adaptive halting (first q_halt > 0) stops at step "
+                 f"{halts[0] + 1 if halts.size else len(trace.q_halt)}"
+                 + ("" if halts.size else " (never confident; the last step)"))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveArgs(ModelSource):
+    """Show a model's prediction after each supervision step on one puzzle."""
+
+    sudoku: str | None = None
+    """The Sudoku: 81 characters, '.' or '0' for blanks."""
+    solution: str | None = None
+    """Its solution (81 digits), to mark wrong cells and exactness."""
+    maze: str | None = None
+    """Maze file: N lines of N characters from '# SGo' ('o' = path, used as the target)."""
+    arc_task: str | None = None
+    """ARC task id of the data set's test split."""
+    test_index: int = 0
+    """Which test input of the ARC task."""
+    data_dir: str | None = None
+    """Built data set (ARC puzzles; default: the checkpoint's training data)."""
+    out: str = "solve.png"
+    """PNG strip: input, prediction after each step, target."""
+
+
+def run_solve(args: SolveArgs) -> Trace:
+    if sum(x is not None for x in (args.sudoku, args.maze, args.arc_task)) != 1:
+        raise ValueError("give exactly one puzzle: --sudoku, --maze or --arc-task")
+    meta = None
+    if args.official_weights and args.data_dir:
+        from data.pipeline import load_metadata
+        meta = load_metadata(args.data_dir, "test")
+    loaded = load_model(args, data_metadata=meta)
+    if args.sudoku is not None:
+        puzzle = sudoku_puzzle(args.sudoku, args.solution)
+    elif args.maze is not None:
+        puzzle = maze_puzzle(args.maze)
+    else:
+        run = loaded.run_config
+        data_dir = args.data_dir or (run.data.data_dir if run else None)
+        if data_dir is None:
+            raise ValueError("ARC puzzles need --data-dir")
+        puzzle = arc_puzzle(data_dir, args.arc_task, args.test_index)
+    trace = solve(loaded.model, puzzle)
+    print(describe(trace))
+    panels = strip_panels(puzzle.kind, puzzle.inputs, trace.step_preds, trace.q_halt,
+                          puzzle.labels)
+    clues = cells("sudoku", puzzle.inputs) if puzzle.kind == "sudoku" else None
+    width, height = draw_strip(args.out, puzzle.kind, panels, clues)
+    print(f"wrote {args.out} ({width}x{height} px, {len(panels)} panels)")
+    return trace
