@@ -121,7 +121,7 @@ def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
     if p.suffix == ".npz":
         with np.load(p) as f:
             if "config_json" not in f.files:
-                raise ValueError(f"{p}: no config_json array in this .npz")
+                raise ValueError(f"{p}: no config_json array in this .npz (give --official-config)")
             doc = json.loads(str(f["config_json"]))
     elif p.suffix in (".yaml", ".yml"):
         import yaml  # only official all_config.yaml files need it
