@@ -7,7 +7,7 @@ per-step analyses need: whether each row is exactly right after each step and it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import equinox as eqx
 import jax
@@ -95,24 +95,3 @@ def per_step_accuracy(exact: np.ndarray, q_halt: np.ndarray) -> dict[str, object
         "adaptive_exact_accuracy": float(adaptive_correct.mean()) if n else 0.0,
         "adaptive_mean_steps": float((stop + 1).mean()) if n else 0.0,
     }
-
-
-def evaluate_batches(model: TRM, batches: Iterable[Mapping[str, Array]],
-                     ) -> tuple[dict[str, float], dict[str, object]]:
-    """Evaluate `model` on batches of {"inputs", "labels", "puzzle_identifiers"} arrays.
-
-    Returns (normalised official metrics, per-step curves over labelled rows).
-    """
-    totals: dict[str, float] = {}
-    exact, q_halt = [], []
-    for batch in batches:
-        result = rollout(model, batch["inputs"], batch["labels"], batch["puzzle_identifiers"])
-        sum_metrics(totals, result.metrics)
-        labelled, row_exact, row_q = (host_array(x) for x in (result.labelled, result.exact,
-                                                                result.q_halt))
-        exact.append(row_exact[:, labelled])
-        q_halt.append(row_q[:, labelled])
-    steps = model.config.halt_max_steps
-    curves = per_step_accuracy(np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool),
-                               np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0)))
-    return normalize_eval_metrics(totals), curves
