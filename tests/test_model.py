@@ -261,4 +261,5 @@ def test_remat_gives_the_same_gradients():
         return jax.grad(lambda d: step_loss(eqx.combine(d, static), carry, train=False)[0])(diff)
 
     for a, b in zip(jax.tree.leaves(grads(model)), jax.tree.leaves(grads(remat))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        # recomputation lets XLA fuse differently: equal up to float32 rounding
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

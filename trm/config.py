@@ -65,7 +65,7 @@ class ModelConfig:
     """"trm" (z_H and z_L) or "single_z" (the paper's single-latent ablation)."""
     remat: bool = False
     """Recompute each network call in the backward pass instead of storing its activations
-    (less memory, ~1/3 more compute; same numbers)."""
+    (less memory, ~1/3 more compute; same numbers up to float rounding)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads != 0:

@@ -15,6 +15,7 @@ The recursion follows the paper's pseudocode:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import equinox as eqx
@@ -163,7 +164,10 @@ class TRM(eqx.Module):
                          ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
         """L_cycles latent updates then one answer update (TRM), or the single-z variant."""
         c = self.config
-        net = jax.checkpoint(self.net) if remat else self.net
+        net = self.net
+        if remat:  # the module goes in as an argument: jax.checkpoint hashes its callable
+            recompute = jax.checkpoint(lambda module, h, inj, rope_: module(h, inj, rope_))
+            net = functools.partial(recompute, self.net)
         if c.variant == "single_z":
             z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, x, rope), z_L)
             z_L = net(z_L, None, rope)
