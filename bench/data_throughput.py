@@ -1,6 +1,6 @@
 """Data benchmarks: generator speed, base-data size and build time, pipeline throughput.
 
-    python bench/data_throughput.py [--arc-dir ../shared/data/arc] [--batch 768]
+    python bench/data_throughput.py --arc-dir DIR [--batch 768]
 
 Generates Sudoku and 30x30 maze CSVs, builds them and ARC-AGI-1 + ConceptARC (subsets
 training, evaluation, concept; test subset evaluation) into a temporary directory, then
@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build, generate, pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def du(path: Path) -> int:
@@ -49,7 +48,9 @@ def bench_pipelines(name: str, data_dir: Path, args: argparse.Namespace) -> None
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arc-dir", type=Path, default=REPO / ".." / "shared" / "data" / "arc")
+    p.add_argument("--arc-dir", type=Path, required=True,
+                   help="folder with arc-agi_{training,evaluation,concept}_{challenges,"
+                        "solutions}.json (e.g. TRM's kaggle/combined)")
     p.add_argument("--batch", type=int, default=768)
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
