@@ -126,7 +126,7 @@ def test_normalize_metrics_follows_official_reporting():
     assert normalize_metrics(dict(sums, count=np.float32(0)), 8)["accuracy"] == 3.0
 
 
-def test_exploration_depends_on_step_key_not_devices():
+def test_exploration_keeps_rows_going_past_a_positive_q_halt():
     config = tiny_config(halt_exploration_prob=1.0, halt_max_steps=8)
     model = eqx.tree_at(lambda m: m.q_head.bias, tiny_model(config), jax.numpy.array([9.0, 0]))
     _, h = run_steps(model, [tiny_batch(config, 8)] * 2, num_devices=2)

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm.config import ModelConfig
-from trm.loss import loss_head, step_loss
-from trm.model import TRM, Carry, network_filter
+from trm.loss import loss_head
+from trm.model import TRM, Carry
 from trm.official import config_from_official, from_official_state_dict, to_official_state_dict
-from trm.optim import adam_atan2, sign_sgd_rows
+from trm.optim import adam_atan2
+from trm.train_step import apply_optimizers, loss_and_grads, network_params
 
 BATCH_KEYS = ("inputs", "labels", "puzzle_identifiers")
 
@@ -101,47 +102,30 @@ def replay_eval(model: TRM, fx: Fixture, teacher_forcing: bool = True) -> dict[s
     return ours
 
 
-def _train_grads(model: TRM, carry: Carry, loss_scale: float):
-    """Loss, metrics and gradients of loss * loss_scale w.r.t. network weights and puzzle rows."""
-    diff, static = eqx.partition(model, network_filter(model))
-    rows = model.puzzle_rows(carry.puzzle_identifiers)
-
-    def scaled_loss(diff, rows):
-        total, aux = step_loss(eqx.combine(diff, static), carry, train=True, puzzle_rows=rows)
-        return total * loss_scale, (total, aux)
-
-    (_, (total, aux)), grads = jax.value_and_grad(scaled_loss, argnums=(0, 1), has_aux=True)(
-        diff, rows)
-    return total, aux, grads
-
-
 def replay_train(model: TRM, fx: Fixture, teacher_forcing: bool = True,
                  ) -> dict[str, np.ndarray]:
     """Train-mode steps on batch0, batch1, ... with the official optimisers after each step."""
     s_cfg = fx.settings
     optimizer = adam_atan2(s_cfg["lr"], b1=0.9, b2=0.95, weight_decay=s_cfg["weight_decay"])
-    opt_state = optimizer.init(eqx.filter(model, network_filter(model)))
+    opt_state = optimizer.init(network_params(model))
     carry = model.initial_carry(fx.batch(0)[0].shape[0])
-    grads_fn = eqx.filter_jit(_train_grads)
+    grads_fn = eqx.filter_jit(lambda m, c: loss_and_grads(m, c, scale=s_cfg["loss_scale"]))
     ours: dict[str, np.ndarray] = {}
     for s in fx.steps("train"):
         if teacher_forcing and s == 2 and "eval/step1/z_H" in fx.records:
             carry = with_latents(carry, fx.records, "eval/step1/")
         carry = model.reset(carry, *fx.batch(s - 1))
-        total, (carry, metrics, outputs), (grads, row_grads) = grads_fn(
-            model, carry, s_cfg["loss_scale"])
+        total, (carry, metrics, outputs), (grads, row_grads) = grads_fn(model, carry)
         prefix = f"train/step{s}/"
         ours.update({prefix + k: v
                      for k, v in _step_record(carry, outputs, total, metrics).items()})
         ours.update({prefix + "grad/" + k: v for k, v in to_official_state_dict(grads).items()})
         if row_grads is not None:
             ours[prefix + "grad/puzzle_emb_rows"] = np.asarray(row_grads)
-            model = eqx.tree_at(lambda m: m.puzzle_emb, model, sign_sgd_rows(
-                model.puzzle_emb, carry.puzzle_identifiers, row_grads,
-                s_cfg["puzzle_emb_lr"], s_cfg["puzzle_emb_weight_decay"]))
-        params = eqx.filter(model, network_filter(model))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
+        model, opt_state = apply_optimizers(
+            model, opt_state, grads, row_grads, carry.puzzle_identifiers, optimizer=optimizer,
+            puzzle_lr=s_cfg["puzzle_emb_lr"],
+            puzzle_weight_decay=s_cfg["puzzle_emb_weight_decay"])
         ours.update({prefix + "param_after/" + k: v
                      for k, v in to_official_state_dict(model).items()})
     return ours

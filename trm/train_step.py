@@ -100,6 +100,41 @@ def normalize_metrics(sums: Mapping[str, ArrayLike], global_batch: int) -> dict[
             for k, v in sums.items() if k != "count"} | {"count": float(sums["count"])}
 
 
+def loss_and_grads(model: TRM, carry: Carry, *, scale: float,
+                   min_halt_steps: Int[Array, " B"] | None = None, step_penalty: float = 0.0):
+    """One train-mode ACT step on a reset carry and the gradients of `scale * total loss`.
+
+    Returns (total, (new_carry, metric sums, outputs), (network grads, puzzle-row grads));
+    the network grads are shaped like `network_params(model)`, the row grads [B, pdim] (None
+    without puzzle embeddings).
+    """
+    diff, static = eqx.partition(model, network_filter(model))
+
+    def scaled_loss(diff, rows):
+        total, aux = step_loss(eqx.combine(diff, static), carry, train=True, puzzle_rows=rows,
+                               min_halt_steps=min_halt_steps, step_penalty=step_penalty)
+        return total * scale, (total, aux)
+
+    rows = model.puzzle_rows(carry.puzzle_identifiers)
+    (_, (total, aux)), grads = jax.value_and_grad(scaled_loss, argnums=(0, 1), has_aux=True)(
+        diff, rows)
+    return total, aux, grads
+
+
+def apply_optimizers(model: TRM, opt_state: optax.OptState, grads: TRM,
+                     row_grads: Float[Array, "B pdim"] | None, ids: Int[Array, " B"], *,
+                     optimizer: optax.GradientTransformation, puzzle_lr: ArrayLike,
+                     puzzle_weight_decay: float) -> tuple[TRM, optax.OptState]:
+    """The official update: the network optimiser on the network weights, sign-SGD on the
+    puzzle-embedding rows of the (global) batch."""
+    updates, opt_state = optimizer.update(grads, opt_state, network_params(model))
+    model = eqx.apply_updates(model, updates)
+    if row_grads is not None:
+        table = sign_sgd_rows(model.puzzle_emb, ids, row_grads, puzzle_lr, puzzle_weight_decay)
+        model = eqx.tree_at(lambda m: m.puzzle_emb, model, table)
+    return model, opt_state
+
+
 def make_train_step(*, mesh: Mesh, optimizer: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, puzzle_lr_schedule: optax.Schedule,
                     puzzle_weight_decay: float, ema_rate: float, global_batch: int,
@@ -120,36 +155,25 @@ def make_train_step(*, mesh: Mesh, optimizer: optax.GradientTransformation,
                             batch["puzzle_identifiers"])
         prob = None if exploration_schedule is None else exploration_schedule(state.step)
         min_halt = model.exploration_min_steps(key, global_batch, prob)
-        rows = model.puzzle_rows(carry.puzzle_identifiers)
-        diff, static = eqx.partition(model, network_filter(model))
 
-        def local_grads(diff: TRM, carry: Carry, rows: Float[Array, "b pdim"] | None,
-                        min_halt: Int[Array, " b"]):
-            def loss_fn(diff, rows):
-                total, (new_carry, metrics, _) = step_loss(
-                    eqx.combine(diff, static), carry, train=True, puzzle_rows=rows,
-                    min_halt_steps=min_halt, step_penalty=step_penalty)
-                return total / global_batch, (new_carry, metrics)
-
-            (_, (new_carry, metrics)), (grads, row_grads) = jax.value_and_grad(
-                loss_fn, argnums=(0, 1), has_aux=True)(diff, rows)
+        def local_grads(model: TRM, carry: Carry, min_halt: Int[Array, " b"]):
+            _, (new_carry, metrics, _), (grads, row_grads) = loss_and_grads(
+                model, carry, scale=1.0 / global_batch, min_halt_steps=min_halt,
+                step_penalty=step_penalty)
             grads = jax.lax.psum(grads, DATA_AXIS)
             return grads, row_grads, new_carry, jax.lax.psum(metrics, DATA_AXIS)
 
         grads, row_grads, new_carry, metrics = jax.shard_map(
             local_grads, mesh=mesh,
-            in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+            in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
             out_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
             check_vma=False,
-        )(diff, carry, rows, min_halt)
+        )(model, carry, min_halt)
 
-        params = network_params(model)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        if row_grads is not None:
-            table = sign_sgd_rows(model.puzzle_emb, carry.puzzle_identifiers, row_grads,
-                                  puzzle_lr_schedule(state.step), puzzle_weight_decay)
-            model = eqx.tree_at(lambda m: m.puzzle_emb, model, table)
+        model, opt_state = apply_optimizers(
+            model, state.opt_state, grads, row_grads, carry.puzzle_identifiers,
+            optimizer=optimizer, puzzle_lr=puzzle_lr_schedule(state.step),
+            puzzle_weight_decay=puzzle_weight_decay)
         ema = None if state.ema is None else ema_update(state.ema, network_params(model),
                                                          ema_rate)
         metrics = dict(metrics, lr=lr_schedule(state.step))
