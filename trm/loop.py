@@ -151,14 +151,13 @@ def with_model_config(tree: Any, config: ModelConfig) -> Any:
                         is_leaf=lambda x: isinstance(x, TRM))
 
 
-def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int,
-                        template: TrainState) -> TRM:
+def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -> TRM:
     """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1 saved
     checkpoints when k > 1."""
     if k <= 1:
         return eval_model(state)
     checkpointer.wait_until_finished()
-    states = restore_last(checkpointer, template, k - 1) + [state]
+    states = restore_last(checkpointer, state, k - 1) + [state]  # state is the template
     return average_trees([eval_model(s) for s in states])
 
 
@@ -197,7 +196,6 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg)
     if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, data_iter=data_iter)
-    base_state = state  # template (base model config) for checkpoint restores
     start = int(state.step)
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
@@ -237,8 +235,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                 pending, tick = None, time.perf_counter()
                 to_save = with_model_config(state, model_cfg)
                 if is_eval and cfg.eval.eval_sets:
-                    model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k,
-                                                template=base_state)
+                    model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
                     evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
                     for split, metrics in evals.items():
                         tracker.track(metrics, step, {"subset": "eval", "set": split})
