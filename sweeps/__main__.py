@@ -4,6 +4,10 @@
   show NAME                   an entry's config diff against the baseline and its command line
   script PATTERN ... [-o F]   a bash script of `python train.py ...` lines, one per run
   run PATTERN ... [--jobs N]  train the runs not finished yet (logs in <run_dir>/train.log)
+  --launcher TEMPLATE         (script, run) start each run on every host, e.g.
+      'gcloud compute tpus tpu-vm ssh POD --worker=all --command "cd ~/trm && {cmd}"'
+      or an srun prefix 'srun --nodes=4 --ntasks-per-node=1' (see sweeps/launch.py);
+      --dry-run prints exactly what would run
   analyze PATTERN ...         tables and plots from the Aim repository
 
 PATTERN: a name (exp05_a), a group or group prefix (exp01, exp02, contrib), a glob
@@ -36,7 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     rn = cmd.add_parser("run", help="train the selected runs")
     rn.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     rn.add_argument("--force", action="store_true", help="also rerun finished runs")
-    rn.add_argument("--dry-run", action="store_true", help="print what would run and stop")
     an = cmd.add_parser("analyze", help="tables and plots from the Aim repository")
     an.add_argument("--out", help="output folder (default <root>/analysis)")
     an.add_argument("--set", default="test", help="eval set of the accuracy (default test)")
@@ -53,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--repo", default=".aim", help="Aim repository (default .aim)")
     for q in (sc, rn):
         q.add_argument("patterns", nargs="+")
+        q.add_argument("--dry-run", action="store_true", help="print what would run and stop")
+        q.add_argument("--launcher", help="launcher template: {cmd} = the command as one "
+                                          "string; without {cmd}, a prefix (srun ...)")
         q.add_argument("--track", action=argparse.BooleanOptionalAction, default=None,
                        help="log to Aim (default: on, off with --scale cpu)")
     an.add_argument("patterns", nargs="+")
@@ -63,7 +69,8 @@ def _settings(args: argparse.Namespace):
     from sweeps.runner import Settings
 
     return Settings(scale=args.scale, root=args.root, repo=args.repo,
-                    track=getattr(args, "track", None), steps=args.steps)
+                    track=getattr(args, "track", None), steps=args.steps,
+                    launcher=getattr(args, "launcher", None))
 
 
 def _list(patterns: Sequence[str]) -> None:
@@ -110,6 +117,9 @@ def _script(args: argparse.Namespace, argv: Sequence[str]) -> None:
     from sweeps.runner import plan, script
 
     runs = plan(select(args.patterns), _settings(args))
+    if args.dry_run:
+        print("\n".join(r.shown for r in runs))
+        return
     text = script(runs, "python -m sweeps " + shlex.join(argv))
     if args.output:
         with open(args.output, "w") as f:
@@ -127,7 +137,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.dry_run:
         for r in runs:
             state = "finished" if r.finished() else "to run"
-            print(f"{r.name:<22} {state:<9} python {r.command}")
+            print(f"{r.name:<22} {state:<9} {r.shown}")
         return
     t0 = time.monotonic()
     outcomes = run_all(runs, jobs=args.jobs, force=args.force)
