@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     gk = g.add_subparsers(dest="kind", required=True)
     gs = gk.add_parser("sudoku", help="unique-solution Sudokus (rating = solver guesses)")
     gs.add_argument("--min-rating", type=int, default=0, help="keep puzzles with rating >= R")
+    gs.add_argument("--min-clues", type=int, default=0,
+                    help="give solution cells back until each puzzle has >= N clues (easier; "
+                         "default 0: minimal puzzles, ~22-26 clues)")
     gs.add_argument("--workers", type=int, help="processes (default: all cores)")
     gm = gk.add_parser("maze", help="mazes with a unique shortest path (rating = its length)")
     gm.add_argument("--size", type=int, default=30, help="side N of the N x N grid")
@@ -80,7 +83,8 @@ def _run(args: argparse.Namespace) -> str:
     t0 = time.perf_counter()
     if args.kind == "sudoku":
         generate.write_sudoku_csv(args.out, args.count, seed=args.seed,
-                                  min_rating=args.min_rating, workers=args.workers)
+                                  min_rating=args.min_rating, min_clues=args.min_clues,
+                                  workers=args.workers)
         return f"wrote {args.count} Sudokus to {args.out} in {time.perf_counter() - t0:.1f} s"
     lengths = generate.write_maze_csv(args.out, args.count, size=args.size,
                                       min_path_length=args.min_path_length,

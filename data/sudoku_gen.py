@@ -4,6 +4,12 @@ A grid is a list of 81 ints, 0 for a blank. The solver keeps a candidate bitmask
 (bit d-1 for digit d), propagates naked and hidden singles, and branches on the first cell with
 the fewest candidates, digits in increasing order. `rating` = the number of guesses (values
 tried at branch points) before the first solution: 0 means singles alone solve it.
+
+A full grid is drawn by the same search from the empty grid with every branch trying its
+digits in a fresh random order (not uniform over all grids, but no grid class is favoured by
+construction: 1000 grids are 1000 classes up to relabelling and the augmentation group, see
+data/equivalence.py). Clues are then removed in random order while the solution stays
+unique, and `min_clues` adds random solution cells back to make the puzzle easier.
 """
 
 from __future__ import annotations
@@ -69,9 +75,10 @@ def candidates(grid: list[int]) -> list[int] | None:
     return cand if ok else None
 
 
-def _search(cand: list[int], limit: int, order: list[int] | None, stats: list[int]
+def _search(cand: list[int], limit: int, rng: np.random.Generator | None, stats: list[int]
             ) -> list[list[int]]:
-    """Up to `limit` solutions below a propagated state; stats[0] counts guesses."""
+    """Up to `limit` solutions below a propagated state, digits tried in increasing order
+    (in a random order per branch with `rng`); stats[0] counts guesses."""
     best, best_n = -1, 10
     for c in range(81):
         n = _POP[cand[c]]
@@ -83,28 +90,28 @@ def _search(cand: list[int], limit: int, order: list[int] | None, stats: list[in
         return [[_DIGIT[m] for m in cand]]
     found: list[list[int]] = []
     digits = [d for d in range(9) if cand[best] >> d & 1]
-    if order is not None:
-        digits.sort(key=order.__getitem__)
+    if rng is not None:
+        digits = [digits[i] for i in rng.permutation(len(digits))]
     for d in digits:
         stats[0] += 1
         nxt = cand.copy()
         nxt[best] = 1 << d
         if _propagate(nxt, [best]):
-            found += _search(nxt, limit - len(found), order, stats)
+            found += _search(nxt, limit - len(found), rng, stats)
             if len(found) >= limit:
                 break
     return found
 
 
-def solve(grid: list[int], limit: int = 1, order: list[int] | None = None
+def solve(grid: list[int], limit: int = 1, rng: np.random.Generator | None = None
           ) -> tuple[list[list[int]], int]:
-    """(up to `limit` solutions, guesses made); `order` ranks digits 0..8 to try them in a
-    custom (e.g. random) order."""
+    """(up to `limit` solutions, guesses made); with `rng` each branch tries its digits in a
+    random order (the first solution is then a random one)."""
     cand = candidates(grid)
     if cand is None:
         return [], 0
     stats = [0]
-    return _search(cand, limit, order, stats), stats[0]
+    return _search(cand, limit, rng, stats), stats[0]
 
 
 def rating(grid: list[int]) -> int:
@@ -145,15 +152,23 @@ def _still_unique(grid: list[int], c: int, v: int) -> bool:
     return not _search(cand, 1, None, [0])
 
 
-def generate(rng: np.random.Generator) -> tuple[list[int], list[int], int]:
+def random_grid(rng: np.random.Generator) -> list[int]:
+    """A random full grid (randomised search from the empty grid)."""
+    return solve([0] * 81, 1, rng)[0][0]
+
+
+def generate(rng: np.random.Generator, min_clues: int = 0) -> tuple[list[int], list[int], int]:
     """(puzzle, solution, rating): a random full grid, then clues removed in random order
-    while the solution stays unique (the result is minimal)."""
-    order = [int(x) for x in rng.permutation(9)]
-    solution = solve([0] * 81, 1, order)[0][0]
+    while the solution stays unique (a minimal puzzle, ~22-26 clues), then random solution
+    cells given back until there are at least `min_clues` clues (easier puzzles)."""
+    solution = random_grid(rng)
     puzzle = solution.copy()
     for c in rng.permutation(81):
         v = puzzle[c]
         puzzle[c] = 0
         if not _still_unique(puzzle, int(c), v):
             puzzle[c] = v
+    blanks = [c for c in range(81) if not puzzle[c]]
+    for c in rng.permutation(blanks)[:max(0, min_clues - (81 - len(blanks)))]:
+        puzzle[c] = solution[c]
     return puzzle, solution, rating(puzzle)

@@ -79,7 +79,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
-                            test_count=d.num_test, seed=d.seed)
+                            test_count=d.num_test, seed=d.seed, min_clues=d.min_clues)
     return Path(d.data_dir)
 
 

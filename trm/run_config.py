@@ -157,6 +157,10 @@ class DataConfig:
     """Puzzles to generate for training (with generate)."""
     num_test: int = 200
     """Puzzles to generate for testing (with generate)."""
+    min_clues: int = 0
+    """Generated Sudoku difficulty: random solution cells are given back to each minimal
+    puzzle (~22-26 clues) until it has at least this many clues (0: minimal, hardest;
+    higher: easier, e.g. 40 for CPU-sized runs)."""
     num_aug: int | Literal["default", "fresh"] = "default"
     """Augmented copies per training puzzle: K (a fixed pool of K + 1 copies, 0 = originals
     only), "default" (the data set's pool) or "fresh" (new random ones every epoch)."""
@@ -164,6 +168,9 @@ class DataConfig:
     """Loader worker processes (0: threads in this process)."""
     seed: int = 0
     """Seed of generation, shuffling and augmentation."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.min_clues <= 81, f"data.min_clues must be in 0..81, got {self.min_clues}")
 
 
 @dataclasses.dataclass(frozen=True)
