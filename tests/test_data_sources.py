@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_fixtures import MAZE_A, MAZE_Q, maze_rows, sudoku_rows, write_csv
+from test_data_fixtures import HEADER, MAZE_A, MAZE_Q, maze_rows, sudoku_rows, write_csv
 
-from data import build, sources
+from data import build, sources, validate
 from data.__main__ import main
 from data.common import DataError
 from data.store import load_metadata, read_puzzles
@@ -150,3 +150,32 @@ def test_cli_build_maze_and_help(tmp_path, capsys):
     assert Path(tmp_path / "maze" / "metadata.json").is_file()
     with pytest.raises(SystemExit):
         main(["build", "nonsense"])
+
+
+def test_readers_accept_a_byte_order_mark_and_trailing_empty_lines(tmp_path):
+    rows = sudoku_rows(3, 0)
+    text = HEADER + "".join(f"s,{q},{a},{r}\r\n" for q, a, r in rows)
+    for name, data in (("bom.csv", "\ufeff" + text), ("tail.csv", text + "\r\n\n")):
+        (tmp_path / name).write_bytes(data.encode())
+        read = sources.read_sudoku_csv(tmp_path / name)
+        assert read.lines.tolist() == [2, 3, 4]
+        assert (read.labels[2] - 1 == [int(c) for c in rows[2][1]]).all()
+    (tmp_path / "mid.csv").write_text(text.replace("\r\n", "\n\n", 1))
+    with pytest.raises(DataError, match=r"line 3: empty line \(only allowed at the end\)"):
+        sources.read_sudoku_csv(tmp_path / "mid.csv")
+    (tmp_path / "latin1.csv").write_bytes(text.encode() + "s,é,é,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        sources.read_sudoku_csv(tmp_path / "latin1.csv")
+
+
+def test_a_question_with_a_repeated_clue_is_rejected(tmp_path):
+    two_fives = "55" + "." * 79
+    for q in ("1" * 81, two_fives):                 # a solution cannot keep both clues
+        with pytest.raises(DataError, match="line 2: answer contradicts a clue"):
+            sources.read_sudoku_csv(write_csv(tmp_path / "a.csv", [(q, GOOD_A, 0)]))
+    with pytest.raises(validate.BadRow, match=r"^question is not a valid Sudoku \(digit 5 "
+                                              r"appears twice in row 1\)$") as e:
+        validate.sudoku([GOOD_Q, two_fives], None)
+    assert e.value.row == 1
+    with pytest.raises(validate.BadRow, match=r"digit 7 appears twice in box 9"):
+        validate.sudoku(["." * 60 + "7" + "." * 9 + "7" + "." * 10], None)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from helpers import tiny_config, tiny_model
 from matplotlib.image import imread
-from test_data_fixtures import MAZE_A, built_arc, built_sudoku, solved_sudoku
+from test_data_fixtures import MAZE_A, MAZE_Q, built_arc, built_sudoku, solved_sudoku
 from test_evaluate import save_tiny_checkpoint
 
 import evaluate as evaluate_cli
 from data.arc import identifier_starts
+from data.common import IGNORE_LABEL_ID
 from data.pipeline import arc_pairs, load_metadata, task_ids
 from data.store import read_arc
 from trm.eval_source import ModelSource, load_model
@@ -92,6 +93,12 @@ def test_maze_file(tmp_path):
     path.write_text("#S#\n# G\n")
     with pytest.raises(ValueError, match="N lines of N"):
         maze_puzzle(path)
+    path.write_bytes(("\ufeff" + "\n".join(MAZE_Q) + "\n\n\n").encode())      # BOM, blank tail
+    assert (maze_puzzle(path).inputs == puzzle.inputs).all()
+    assert (maze_puzzle(path).labels == IGNORE_LABEL_ID).all()            # no path given
+    path.write_text("\n".join(["#S###", "### #"] + MAZE_Q[2:]))
+    with pytest.raises(ValueError, match="the goal 'G' is not reachable from 'S'"):
+        maze_puzzle(path)
 
 
 def test_arc_task(tmp_path):
@@ -122,8 +129,22 @@ def test_cli(checkpoint, tmp_path, capsys):
     assert evaluate_cli.main(args + ["--sudoku", QUESTION, "--solution", SOLUTION]) == 0
     assert "adaptive halting" in capsys.readouterr().out and out.stat().st_size > 0
     out.unlink()
-    for bad, message in ((["--sudoku", "123"], "81 characters"),
-                         (["--sudoku", QUESTION, "--maze", "m.txt"], "exactly one puzzle")):
+    two_s, no_g = tmp_path / "two_s.txt", tmp_path / "no_g.txt"
+    two_s.write_text("\n".join(["#SS##"] + MAZE_Q[1:]) + "\n")
+    no_g.write_text("\n".join(MAZE_Q[:-1] + ["#   #"]) + "\n")
+    wrong = SOLUTION[1:] + SOLUTION[0]                   # every row shifted: keeps no clue
+    for bad, message in (
+            (["--sudoku", "123"], "Sudoku puzzle has 3 characters, expected 81"),
+            (["--sudoku", QUESTION, "--maze", "m.txt"], "exactly one puzzle"),
+            (["--sudoku", "1" * 81],
+             "Sudoku puzzle is not a valid Sudoku (digit 1 appears twice in row 1)"),
+            (["--sudoku", "5..5" + "." * 77], "digit 5 appears twice in row 1"),
+            (["--sudoku", QUESTION, "--solution", wrong],
+             "Sudoku solution contradicts a clue of the puzzle"),
+            (["--sudoku", QUESTION, "--solution", SOLUTION[:80] + "."],
+             "Sudoku solution character '.' at position 80"),
+            (["--maze", str(two_s)], "question must have exactly one start 'S'"),
+            (["--maze", str(no_g)], "question must have exactly one goal 'G'")):
         assert evaluate_cli.main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err

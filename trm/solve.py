@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from data import validate
 from data.augment import encode_grid
 from data.common import IGNORE_LABEL_ID, MAZE_CHARSET
 from trm.eval_source import ModelSource, load_model
@@ -44,38 +45,38 @@ def _labels(tokens: np.ndarray) -> np.ndarray:
     return np.where(tokens == 0, IGNORE_LABEL_ID, tokens).astype(np.int32)
 
 
-def _sudoku_tokens(text: str, what: str) -> np.ndarray:
-    s = "".join(text.split())
-    if len(s) != 81 or any(c not in ".0123456789" for c in s):
-        raise ValueError(f"a Sudoku {what} is 81 characters of 1-9 with '.' or '0' for blanks, "
-                         f"got {len(s)} characters: {s[:20]!r}...")
-    return np.array([1 if c in ".0" else int(c) + 1 for c in s], np.int32)
-
-
 def sudoku_puzzle(text: str, solution: str | None = None) -> Puzzle:
-    """Tokens as the data set's: blank 1, digit d -> d + 1."""
-    inputs = _sudoku_tokens(text, "puzzle")
-    labels = (np.full(81, IGNORE_LABEL_ID, np.int32) if solution is None
-              else _labels(_sudoku_tokens(solution, "solution")))
-    return Puzzle("sudoku", "sudoku", inputs, labels)
+    """Tokens as the data set's: blank 1, digit d -> d + 1. Checked as `python -m data build`
+    checks a CSV row (`data.validate.sudoku`; whitespace is ignored); ValueError if bad."""
+    try:
+        q, a = validate.sudoku(["".join(text.split())],
+                               None if solution is None else ["".join(solution.split())],
+                               names=("puzzle", "solution"))
+    except validate.BadRow as e:
+        raise ValueError(f"Sudoku {e.problem}") from None
+    labels = np.full(81, IGNORE_LABEL_ID, np.int32) if a is None else a[0].astype(np.int32) + 1
+    return Puzzle("sudoku", "sudoku", q[0].astype(np.int32) + 1, labels)
 
 
 def maze_puzzle(path: str | Path) -> Puzzle:
-    """Maze chars "# SGo" -> tokens 1..5; path cells ('o') become the target."""
+    """Maze chars "# SGo" -> tokens 1..5; path cells ('o') become the target. Checked as
+    `python -m data build` checks a CSV row (`data.validate.maze`); ValueError if bad."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such maze file")
-    rows = [r for r in p.read_text().splitlines() if r.strip()]
+    rows = p.read_text(encoding="utf-8-sig").splitlines()
+    while rows and not rows[-1]:
+        rows.pop()
     n = len(rows)
-    bad = [c for c in "".join(rows) if c not in MAZE_CHARSET]
-    if not n or any(len(r) != n for r in rows) or bad:
+    if not n or any(len(r) != n for r in rows):
         raise ValueError(f"{p}: a maze is N lines of N characters from {MAZE_CHARSET!r}")
-    grid = np.array([[MAZE_CHARSET.index(c) + 1 for c in r] for r in rows], np.int32).ravel()
-    path_token = MAZE_CHARSET.index("o") + 1
-    has_path = bool((grid == path_token).any())
-    inputs = np.where(grid == path_token, MAZE_CHARSET.index(" ") + 1, grid).astype(np.int32)
-    labels = grid if has_path else np.full(grid.shape, IGNORE_LABEL_ID, np.int32)
-    return Puzzle("maze", p.name, inputs, labels)
+    grid = "".join(rows)
+    try:
+        q, a = validate.maze([grid.replace("o", " ")], [grid] if "o" in grid else None)
+    except validate.BadRow as e:
+        raise ValueError(f"{p}: {e.problem}") from None
+    labels = np.full(n * n, IGNORE_LABEL_ID, np.int32) if a is None else a[0].astype(np.int32)
+    return Puzzle("maze", p.name, q[0].astype(np.int32), labels)
 
 
 def arc_puzzle(data_dir: str | Path, task_id: str, test_index: int) -> Puzzle:
