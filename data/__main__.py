@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, default=0, help="subsample / augmentation-pool seed")
         q.add_argument("--num-aug", type=int, default=aug,
                        help=f"default augmented copies per puzzle (default {aug})")
+        q.add_argument("--strict", action="store_true",
+                       help="refuse to build when a test puzzle equals a training puzzle "
+                            "(the leak check; without it the count is printed and recorded)")
 
     g = cmd.add_parser("generate", help="generate puzzles into a CSV file")
     gk = g.add_subparsers(dest="kind", required=True)
@@ -68,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> str:
     if args.command == "build":
-        common = dict(seed=args.seed, num_aug=args.num_aug)
+        common = dict(seed=args.seed, num_aug=args.num_aug, strict=args.strict)
         if args.kind == "sudoku":
             meta = build.build_sudoku(args.train_csv, args.test_csv, args.out,
                                       subsample_size=args.subsample_size,
@@ -79,7 +82,7 @@ def _run(args: argparse.Namespace) -> str:
         else:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
                                    **common)
-        return f"wrote {args.out}: " + json.dumps(meta)
+        return f"wrote {args.out}: " + json.dumps(meta) + "\n" + build.leak_line(meta["leaks"])
     t0 = time.perf_counter()
     if args.kind == "sudoku":
         generate.write_sudoku_csv(args.out, args.count, seed=args.seed,

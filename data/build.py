@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from data import arc, sources
+from data import arc, equivalence, sources
 from data.common import (
     ARC_SEQ,
     ARC_SIZE,
@@ -26,6 +26,32 @@ MAZE_NUM_AUG = 7        # all 8 dihedral transforms (official README "8 augments
 ARC_NUM_AUG = 1000
 
 
+def leak_report(train_keys: np.ndarray, test_keys: np.ndarray, meaning: str, *,
+                strict: bool) -> dict[str, Any]:
+    """{"test_in_train": test rows whose key is among the training keys, "test": test rows,
+    "equivalence": what equal keys mean}; with `strict`, a leak raises DataError."""
+    n = equivalence.count_leaks(train_keys, test_keys)
+    if n and strict:
+        raise DataError(f"{n} of {len(test_keys)} test puzzles equal a training puzzle "
+                        f"({meaning}); not building (--strict)")
+    return {"test_in_train": n, "test": int(len(test_keys)), "equivalence": meaning}
+
+
+def leak_line(report: dict[str, Any]) -> str:
+    """One line for the terminal."""
+    return (f"leak check: {report['test_in_train']} of {report['test']} test puzzles equal a "
+            f"training puzzle ({report['equivalence']})")
+
+
+_GRID_EQUIVALENCE = {
+    "sudoku": (lambda rows: equivalence.sudoku_keys(rows.labels),
+               "same solution up to relabelling, transpose, band/stack and row/column "
+               "permutations"),
+    "maze": (lambda rows: equivalence.maze_keys(rows.inputs),
+             "same maze up to the 8 rotations/reflections"),
+}
+
+
 def _split_stats(groups: int, examples: int) -> dict[str, Any]:
     return dict(total_groups=groups, mean_puzzle_examples=1.0, total_puzzles=groups,
                 examples_per_epoch=examples)
@@ -33,9 +59,10 @@ def _split_stats(groups: int, examples: int) -> dict[str, Any]:
 
 def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path, out: Path, *,
                         vocab: int, num_aug: int, subsample_size: int | None,
-                        min_rating: int | None, seed: int, info: dict[str, Any] | None
-                        ) -> dict[str, Any]:
-    """Sudoku / maze: one example per puzzle, identifiers all blank (as official)."""
+                        min_rating: int | None, seed: int, info: dict[str, Any] | None,
+                        strict: bool) -> dict[str, Any]:
+    """Sudoku / maze: one example per puzzle, identifiers all blank (as official); the leak
+    check compares the written training puzzles with the test puzzles."""
     t0 = time.perf_counter()
     train = sources.subsample(reader(Path(train_csv), min_rating=min_rating), subsample_size,
                               seed)
@@ -43,6 +70,8 @@ def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path,
     if train.inputs.shape[1] != test.inputs.shape[1]:
         raise DataError(f"{test_csv}: rows have {test.inputs.shape[1]} cells, "
                         f"{train_csv} has {train.inputs.shape[1]}")
+    keys, what = _GRID_EQUIVALENCE[name]
+    leaks = leak_report(keys(train), keys(test), what, strict=strict)
     seq = int(train.inputs.shape[1])
     n, m = len(train.inputs), len(test.inputs)
     splits = {"train": _split_stats(n, n), "test": _split_stats(m, m)}
@@ -55,30 +84,32 @@ def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path,
         write_puzzles(tmp, "train", train.inputs, train.labels)
         write_puzzles(tmp, "test", test.inputs, test.labels)
         build["seconds"] = round(time.perf_counter() - t0, 3)
-        write_metadata(tmp, common, splits, build)
-    return {**common, "splits": splits, "build": build}
+        write_metadata(tmp, {**common, "leaks": leaks}, splits, build)
+    return {**common, "leaks": leaks, "splits": splits, "build": build}
 
 
 def build_sudoku(train_csv: Path, test_csv: Path, out: Path, *, subsample_size: int | None = None,
                  min_rating: int | None = None, seed: int = 0, num_aug: int = SUDOKU_NUM_AUG,
-                 info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Sudoku-Extreme CSVs -> DIR (train subsample seeded; min_rating filters both files)."""
+                 info: dict[str, Any] | None = None, strict: bool = False) -> dict[str, Any]:
+    """Sudoku-Extreme CSVs -> DIR (train subsample seeded; min_rating filters both files);
+    `strict` refuses test puzzles equivalent to training ones."""
     if num_aug < 0:
         raise DataError(f"num_aug must be >= 0, got {num_aug}")
     return _build_grid_puzzles("sudoku", sources.read_sudoku_csv, train_csv, test_csv, out,
                                vocab=SUDOKU_VOCAB, num_aug=num_aug, subsample_size=subsample_size,
-                               min_rating=min_rating, seed=seed, info=info)
+                               min_rating=min_rating, seed=seed, info=info, strict=strict)
 
 
 def build_maze(train_csv: Path, test_csv: Path, out: Path, *, subsample_size: int | None = None,
-               seed: int = 0, num_aug: int = MAZE_NUM_AUG, info: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
-    """Maze-Hard-format CSVs -> DIR (seq_len = side * side)."""
+               seed: int = 0, num_aug: int = MAZE_NUM_AUG, info: dict[str, Any] | None = None,
+               strict: bool = False) -> dict[str, Any]:
+    """Maze-Hard-format CSVs -> DIR (seq_len = side * side); `strict` refuses test mazes
+    equivalent to training ones."""
     if not 0 <= num_aug <= 7:
         raise DataError(f"maze num_aug must be 0..7 (dihedral transforms), got {num_aug}")
     return _build_grid_puzzles("maze", sources.read_maze_csv, train_csv, test_csv, out,
                                vocab=MAZE_VOCAB, num_aug=num_aug, subsample_size=subsample_size,
-                               min_rating=None, seed=seed, info=info)
+                               min_rating=None, seed=seed, info=info, strict=strict)
 
 
 def arc_arrays(tasks: list[arc.ArcTask], test_subset: str, pool: arc.Pool) -> ArcArrays:
@@ -114,9 +145,10 @@ def _arc_split_stats(arrays: ArcArrays, split: int) -> dict[str, Any]:
 
 
 def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
-              num_aug: int = ARC_NUM_AUG, seed: int = 0, progress: bool = True
-              ) -> dict[str, Any]:
-    """ARC JSON subsets -> DIR: base grids, example table and augmentation pool."""
+              num_aug: int = ARC_NUM_AUG, seed: int = 0, progress: bool = True,
+              strict: bool = False) -> dict[str, Any]:
+    """ARC JSON subsets -> DIR: base grids, example table and augmentation pool; `strict`
+    refuses test pairs that also appear (exactly) among the training rows."""
     t0 = time.perf_counter()
     subsets = list(subsets)
     for s in subsets + [test_subset]:
@@ -129,6 +161,9 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     tasks = arc.read_arc(Path(arc_dir), subsets)
     pool = arc.build_pool(tasks, num_aug, seed, progress=progress)
     arrays = arc_arrays(tasks, test_subset, pool)
+    keys = equivalence.arc_pair_keys(arrays.grids, arrays.shapes)
+    leaks = leak_report(keys[arrays.split == 0], keys[arrays.split == 1],
+                        "same input and output grids", strict=strict)
     common = dict(name="arc", vocab_size=ARC_VOCAB, seq_len=ARC_SEQ,
                   num_puzzle_identifiers=int(1 + pool.count.sum()), grid_size=ARC_SIZE,
                   default_num_aug=num_aug, aug_seed=seed)
@@ -139,5 +174,5 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     with atomic_dir(out) as tmp:
         write_arc(tmp, arrays, [(t.id, t.subset) for t in tasks])
         build["seconds"] = round(time.perf_counter() - t0, 3)
-        write_metadata(tmp, common, splits, build)
-    return {**common, "splits": splits, "build": build}
+        write_metadata(tmp, {**common, "leaks": leaks}, splits, build)
+    return {**common, "leaks": leaks, "splits": splits, "build": build}

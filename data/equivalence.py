@@ -61,9 +61,13 @@ def _multiset(x: np.ndarray) -> np.ndarray:
 
 
 def _gather(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """out[m, k] = a[m, b[m, k]] for small uint8 arrays [M, 9]."""
-    offsets = (np.arange(len(a), dtype=np.int32) * 9)[:, None]
-    return np.take(a.reshape(-1), b.astype(np.int32) + offsets)
+    """out[m, k] = a[m, b[m, k]] for small arrays [M, 9]."""
+    return np.take_along_axis(a, b.astype(np.intp), axis=1)
+
+
+def _count(same: np.ndarray) -> np.ndarray:
+    """Number of True per row of a bool [M, 9] (a uint8 matrix product: faster than sum)."""
+    return (same.view(np.uint8) @ np.ones(9, np.uint8)).astype(np.int64)
 
 
 def _cycle_types(rows: np.ndarray) -> np.ndarray:
@@ -76,12 +80,13 @@ def _cycle_types(rows: np.ndarray) -> np.ndarray:
     as p == p^-1, p^2 == p^-1, p^2 == p^-2; coded as f2 + 10 f3 + 100 f4.
     """
     n = len(rows)
-    pos = np.argsort(rows, axis=2).astype(np.uint8)                 # [n, row, digit] -> column
+    pos = np.empty_like(rows)                                       # [n, row, digit] -> column
+    np.put_along_axis(pos, rows.astype(np.intp), np.arange(9, dtype=np.uint8)[None, None], 2)
     i, j = _PAIRS[:, 0], _PAIRS[:, 1]
     p = _gather(pos[:, i].reshape(-1, 9), rows[:, j].reshape(-1, 9))
     p_inv = _gather(pos[:, j].reshape(-1, 9), rows[:, i].reshape(-1, 9))
     p2, p2_inv = _gather(p, p), _gather(p_inv, p_inv)
-    fix = [(x == y).sum(-1, dtype=np.int64) for x, y in ((p, p_inv), (p2, p_inv), (p2, p2_inv))]
+    fix = [_count(x == y) for x, y in ((p, p_inv), (p2, p_inv), (p2, p2_inv))]
     return (fix[0] + 10 * fix[1] + 100 * fix[2]).reshape(n, 36)
 
 

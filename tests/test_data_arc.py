@@ -160,3 +160,26 @@ def test_build_arc_rejects_bad_requests_and_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="unknown ARC subset 'evaluation3'"):
         build.build_arc(tmp_path / "raw", ["training"], "evaluation3", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_leak_report_finds_a_test_pair_among_training_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    ev = {"ev0": arc_task(rng, 2, 2), "ev1": arc_task(rng, 2, 1)}
+    tr = {"tr0": arc_task(rng, 2, 1)}
+    raw = write_arc(tmp_path / "clean", {"training": tr, "evaluation": ev})
+    meta = build.build_arc(raw, ["training", "evaluation"], "evaluation", tmp_path / "a",
+                           num_aug=1, progress=False, strict=True)
+    assert meta["leaks"] == {"test_in_train": 0, "test": 3,
+                             "equivalence": "same input and output grids"}
+    tr["tr0"]["train"].append(ev["ev0"]["test"][1])               # a test pair, as a demo
+    same_input = {"input": ev["ev1"]["test"][0]["input"], "output": [[1]]}
+    ev["ev0"]["train"].append(same_input)                       # same input, other output
+    raw = write_arc(tmp_path / "leaky", {"training": tr, "evaluation": ev})
+    meta = build.build_arc(raw, ["training", "evaluation"], "evaluation", tmp_path / "b",
+                           num_aug=1, progress=False)
+    assert meta["leaks"]["test_in_train"] == 1
+    assert json.loads((tmp_path / "b" / "metadata.json").read_text())["leaks"] == meta["leaks"]
+    with pytest.raises(DataError, match="1 of 3 test puzzles equal a training puzzle"):
+        build.build_arc(raw, ["training", "evaluation"], "evaluation", tmp_path / "c",
+                        num_aug=1, progress=False, strict=True)
+    assert not (tmp_path / "c").exists()

@@ -3,13 +3,14 @@ line, problem) for every kind of bad row; the CLI prints it and writes nothing."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_data_fixtures import HEADER, MAZE_A, MAZE_Q, maze_rows, sudoku_rows, write_csv
 
-from data import build, sources, validate
+from data import build, generate, sources, validate
 from data.__main__ import main
 from data.common import DataError
 from data.store import load_metadata, read_puzzles
@@ -179,3 +180,29 @@ def test_a_question_with_a_repeated_clue_is_rejected(tmp_path):
     assert e.value.row == 1
     with pytest.raises(validate.BadRow, match=r"digit 7 appears twice in box 9"):
         validate.sudoku(["." * 60 + "7" + "." * 9 + "7" + "." * 10], None)
+
+
+def test_leak_report_counts_equivalent_test_puzzles_and_strict_refuses(tmp_path, capsys):
+    """The fixture Sudokus are all one grid up to symmetry (solved_sudoku): every test puzzle
+    leaks. Generated ones do not; the same file on both sides leaks every row."""
+    tr = write_csv(tmp_path / "tr.csv", sudoku_rows(6, 0))
+    te = write_csv(tmp_path / "te.csv", sudoku_rows(3, 1))
+    meta = build.build_sudoku(tr, te, tmp_path / "s")
+    assert meta["leaks"]["test_in_train"] == 3 and meta["leaks"]["test"] == 3
+    assert json.loads((tmp_path / "s" / "metadata.json").read_text())["leaks"] == meta["leaks"]
+    assert main(["build", "sudoku", "--train-csv", str(tr), "--test-csv", str(te), "--out",
+                 str(tmp_path / "strict"), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 3 of 3 test puzzles equal a training puzzle (same solution "
+                          "up to relabelling") and err.endswith("not building (--strict)\n")
+    assert not (tmp_path / "strict").exists()
+    gen_tr, gen_te = tmp_path / "gtr.csv", tmp_path / "gte.csv"
+    generate.write_sudoku_csv(gen_tr, 6, seed=0, workers=1, progress=False)
+    generate.write_sudoku_csv(gen_te, 3, seed=1, workers=1, progress=False)
+    assert main(["build", "sudoku", "--train-csv", str(gen_tr), "--test-csv", str(gen_te),
+                 "--out", str(tmp_path / "g"), "--strict"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "leak check: 0 of 3 test puzzles equal a training puzzle (same solution up to "
+        "relabelling, transpose, band/stack and row/column permutations)")
+    mazes = write_csv(tmp_path / "m.csv", maze_rows(2))
+    assert build.build_maze(mazes, mazes, tmp_path / "m")["leaks"]["test_in_train"] == 2
