@@ -34,7 +34,7 @@ def leak_report(train_keys: np.ndarray, test_keys: np.ndarray, meaning: str, *,
     if n and strict:
         raise DataError(f"{n} of {len(test_keys)} test puzzles equal a training puzzle "
                         f"({meaning}); not building (--strict)")
-    return {"test_in_train": n, "test": int(len(test_keys)), "equivalence": meaning}
+    return {"test_in_train": n, "test": len(test_keys), "equivalence": meaning}
 
 
 def leak_line(report: dict[str, Any]) -> str:
@@ -45,8 +45,8 @@ def leak_line(report: dict[str, Any]) -> str:
 
 _GRID_EQUIVALENCE = {
     "sudoku": (lambda rows: equivalence.sudoku_keys(rows.labels),
-               "same solution up to relabelling, transpose, band/stack and row/column "
-               "permutations"),
+               ("same solution up to relabelling, transpose, band/stack and row/column "
+                "permutations")),
     "maze": (lambda rows: equivalence.maze_keys(rows.inputs),
              "same maze up to the 8 rotations/reflections"),
 }

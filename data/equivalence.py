@@ -60,13 +60,9 @@ def _multiset(x: np.ndarray) -> np.ndarray:
     return _linear(np.sort(x, axis=-1))
 
 
-def _gather(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """out[m, k] = a[m, b[m, k]] for small arrays [M, 9]."""
-    return np.take_along_axis(a, b.astype(np.intp), axis=1)
-
-
 def _count(same: np.ndarray) -> np.ndarray:
-    """Number of True per row of a bool [M, 9] (a uint8 matrix product: faster than sum)."""
+    """Number of True along the last axis of a bool [..., 9] (a uint8 matrix product: faster
+    than sum)."""
     return (same.view(np.uint8) @ np.ones(9, np.uint8)).astype(np.int64)
 
 
@@ -83,11 +79,15 @@ def _cycle_types(rows: np.ndarray) -> np.ndarray:
     pos = np.empty_like(rows)                                       # [n, row, digit] -> column
     np.put_along_axis(pos, rows.astype(np.intp), np.arange(9, dtype=np.uint8)[None, None], 2)
     i, j = _PAIRS[:, 0], _PAIRS[:, 1]
-    p = _gather(pos[:, i].reshape(-1, 9), rows[:, j].reshape(-1, 9))
-    p_inv = _gather(pos[:, j].reshape(-1, 9), rows[:, i].reshape(-1, 9))
-    p2, p2_inv = _gather(p, p), _gather(p_inv, p_inv)
+    r = rows.astype(np.intp)
+    flat = pos.reshape(-1)
+    grid = np.arange(n, dtype=np.intp)[:, None, None] * 81
+    p = flat[grid + (i * 9)[:, None] + r[:, j]]                    # [n, 36, 9]
+    p_inv = flat[grid + (j * 9)[:, None] + r[:, i]]
+    row = np.arange(n * 36, dtype=np.intp).reshape(n, 36, 1) * 9
+    p2, p2_inv = p.reshape(-1)[row + p], p_inv.reshape(-1)[row + p_inv]
     fix = [_count(x == y) for x, y in ((p, p_inv), (p2, p_inv), (p2, p2_inv))]
-    return (fix[0] + 10 * fix[1] + 100 * fix[2]).reshape(n, 36)
+    return fix[0] + 10 * fix[1] + 100 * fix[2]
 
 
 def _line_part(rows: np.ndarray) -> np.ndarray:
