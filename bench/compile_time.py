@@ -17,11 +17,11 @@ import jax.numpy as jnp
 
 from trm.config import ModelConfig
 from trm.loss import step_loss
-from trm.model import TRM, network_filter
+from trm.models import build_model, network_filter
 
 
 def compile_seconds(config: ModelConfig, batch: int) -> float:
-    model = TRM(config, key=jax.random.key(0))
+    model = build_model(config, key=jax.random.key(0))
     inputs = jnp.ones((batch, config.seq_len), jnp.int32)
     ids = jnp.zeros((batch,), jnp.int32)
 

@@ -20,7 +20,7 @@ from train_step import matmul_flops_per_second, network_call_flops
 
 from trm.config import ModelConfig
 from trm.eval_run import evaluate_stream
-from trm.model import TRM
+from trm.models import build_model
 from trm.train_step import make_mesh
 
 
@@ -33,7 +33,7 @@ def rollout_flops(c: ModelConfig) -> float:
 def bench(config: ModelConfig, batch: int, batches: int, devices: int | None
           ) -> dict[str, float]:
     mesh = make_mesh(devices)
-    model = TRM(config, key=jax.random.key(0))
+    model = build_model(config, key=jax.random.key(0))
     rng = np.random.default_rng(0)
     data = {"inputs": rng.integers(1, 11, (batch, config.seq_len), dtype=np.int32),
             "labels": rng.integers(2, 11, (batch, config.seq_len), dtype=np.int32),

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from trm.config import ModelConfig
-from trm.layers import swiglu_intermediate_size
-from trm.model import TRM
+from trm.models import build_model
+from trm.models.layers import swiglu_intermediate_size
 from trm.optim import adam_atan2
 from trm.train_step import (
     batch_sharding,
@@ -67,7 +67,7 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 def bench(config: ModelConfig, batch: int, steps: int, devices: int) -> dict[str, float]:
     mesh = make_mesh(devices)
     optimizer = adam_atan2(1e-4, weight_decay=0.1)
-    state = init_train_state(TRM(config, key=jax.random.key(0)), optimizer, batch,
+    state = init_train_state(build_model(config, key=jax.random.key(0)), optimizer, batch,
                              jax.random.key(1), ema=True)
     state = jax.device_put(state, state_shardings(state, mesh))
     step = jit_train_step(make_train_step(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from trm.config import ModelConfig
-from trm.model import TRM
+from trm.models import ACTModel, build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL_CASES = ("attn_rope", "mlp_t_none", "attn_learned")
@@ -36,9 +36,9 @@ def tiny_batch(config: ModelConfig, batch_size: int = 3, seed: int = 0):
     return inputs, labels, ids
 
 
-def tiny_model(config: ModelConfig, seed: int = 0) -> TRM:
+def tiny_model(config: ModelConfig, seed: int = 0) -> ACTModel:
     """A model with random (not zero) puzzle embeddings and Q head, so every path matters."""
-    model = TRM(config, key=jax.random.key(seed))
+    model = build_model(config, key=jax.random.key(seed))
     k_p, k_q = jax.random.split(jax.random.key(seed + 1))
     return eqx.tree_at(
         lambda m: (m.puzzle_emb, m.q_head.weight), model,

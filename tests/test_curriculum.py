@@ -13,7 +13,7 @@ from helpers import tiny_config
 from trm.config import ConfigError
 from trm.curriculum import linear_anneal, phase_config, phase_index, validate_phases
 from trm.loss import bce_with_logits, loss_head
-from trm.model import Carry, Outputs
+from trm.models import Carry, Outputs
 
 PHASES = ((0.0, 1, 2), (0.3, 2, 4), (0.7, 3, 6))
 

@@ -23,7 +23,7 @@ from trm.eval_run import evaluate_split, evaluate_stream
 from trm.eval_source import ModelSource, load_model
 from trm.evaluation import Rollout
 from trm.loop import model_config_for
-from trm.model import TRM
+from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, parse_cli
 from trm.train_step import eval_model, init_train_state, make_mesh

@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_config, tiny_model
 
 from trm.loss import IGNORE_LABEL_ID, bce_with_logits, log_stablemax, loss_head, token_cross_entropy
-from trm.model import Carry, Outputs
+from trm.models import Carry, Outputs
 
 
 def _reference_log_stablemax(x: np.ndarray) -> np.ndarray:

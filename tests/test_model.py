@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from helpers import tiny_batch, tiny_config, tiny_model
 
-from trm.layers import Linear, rope_tables, swiglu_intermediate_size, trunc_normal
 from trm.loss import step_loss
-from trm.model import TRM, network_filter, replace_config
+from trm.models import TRM, network_filter, replace_config
+from trm.models.layers import Linear, rope_tables, swiglu_intermediate_size, trunc_normal
 
 
 def test_trunc_normal_std_and_bounds():
@@ -57,7 +57,7 @@ def test_special_inits():
 
 @pytest.mark.parametrize("overrides", [{}, {"mlp_t": True, "pos_encodings": "none"},
                                        {"pos_encodings": "learned", "puzzle_emb_len": 0,
-                                        "puzzle_emb_ndim": 40}, {"variant": "single_z"},
+                                        "puzzle_emb_ndim": 40}, {"arch": "trm_singlez"},
                                        {"puzzle_emb_ndim": 0}])
 def test_act_step_shapes(overrides):
     config = tiny_config(**overrides)
@@ -160,9 +160,9 @@ def _loss_of_carry(model, z_H, z_L, batch):
     return step_loss(model, carry, train=False)[0]
 
 
-@pytest.mark.parametrize("variant", ["trm", "single_z"])
-def test_no_gradient_through_no_grad_cycles(variant):
-    config = tiny_config(H_cycles=3, variant=variant)
+@pytest.mark.parametrize("arch", ["trm", "trm_singlez"])
+def test_no_gradient_through_no_grad_cycles(arch):
+    config = tiny_config(H_cycles=3, arch=arch)
     model, batch = tiny_model(config), tiny_batch(config)
     z = jnp.ones((3, config.total_len, config.hidden_size))
     g_H, g_L = jax.grad(lambda a, b: _loss_of_carry(model, a, b, batch), argnums=(0, 1))(z, z)
@@ -242,7 +242,7 @@ def test_q_continue_target_definition():
 
 
 def test_single_z_reads_outputs_from_z_L():
-    config = tiny_config(variant="single_z")
+    config = tiny_config(arch="trm_singlez")
     model = tiny_model(config)
     carry, out = model(model.initial_carry(3), *tiny_batch(config), train=False)
     np.testing.assert_array_equal(carry.z_H, carry.z_L)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config, tiny_model
 
-from trm.official import (
+from trm.models.official import (
     StateDictError,
     config_from_official,
     from_official_state_dict,

@@ -10,7 +10,7 @@ import pytest
 from helpers import FIXTURES, OFFICIAL_CASES, tiny_batch, tiny_config, tiny_model
 
 from trm import parity
-from trm.official import from_official_state_dict, to_official_state_dict
+from trm.models.official import from_official_state_dict, to_official_state_dict
 from trm.optim import adam_atan2
 from trm.train_step import (
     batch_sharding,

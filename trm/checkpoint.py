@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from trm.config import ModelConfig
+from trm.config import ModelConfig, upgrade_model_fields
 from trm.run_config import CheckpointConfig, RunConfig
 
 T = TypeVar("T")
@@ -117,11 +117,14 @@ class Checkpointer:
                                   force=force)
 
     def stored_config(self, step: int | None = None) -> dict[str, Any]:
-        """The `{"model": ..., "run": ...}` JSON saved with `step` (default: latest)."""
+        """The `{"model": ..., "run": ...}` JSON saved with `step` (default: latest), model
+        fields in today's names."""
         step = self._step_or_latest(step)
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
-        return restored["config"]
+            config=ocp.args.JsonRestore()))["config"]
+        if "model" in restored:
+            restored = {**restored, "model": upgrade_model_fields(restored["model"])}
+        return restored
 
     def restore(self, template: T, step: int | None = None,
                 data_iter: grain.DatasetIterator | None = None,

@@ -9,7 +9,20 @@ from typing import Literal
 PosEncoding = Literal["rope", "learned", "none"]
 ForwardDType = Literal["float32", "bfloat16", "float16"]
 LossType = Literal["stablemax", "softmax"]
-Variant = Literal["trm", "single_z"]
+Arch = Literal["trm", "trm_singlez"]
+
+
+_LEGACY_VARIANT = {"trm": "trm", "single_z": "trm_singlez"}
+
+
+def upgrade_model_fields(fields: dict) -> dict:
+    """ModelConfig fields as stored by older versions (checkpoint JSON) in today's names:
+    `variant` ("trm" / "single_z") became `arch` ("trm" / "trm_singlez")."""
+    fields = dict(fields)
+    variant = fields.pop("variant", None)
+    if variant is not None and "arch" not in fields:
+        fields["arch"] = _LEGACY_VARIANT[variant]
+    return fields
 
 
 class ConfigError(Exception):
@@ -61,8 +74,9 @@ class ModelConfig:
     """Activation dtype of the forward pass; weights stay float32."""
     loss_type: LossType = "stablemax"
     """Cross-entropy of the answer: stablemax (official) or softmax."""
-    variant: Variant = "trm"
-    """"trm" (z_H and z_L) or "single_z" (the paper's single-latent ablation)."""
+    arch: Arch = "trm"
+    """Architecture, named as the official config/arch/*.yaml: "trm" (z_H and z_L) or
+    "trm_singlez" (the paper's single-latent ablation)."""
     remat: bool = False
     """Recompute each network call in the backward pass instead of storing its activations
     (less memory, ~1/3 more compute; same numbers up to float rounding)."""

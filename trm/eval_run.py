@@ -40,7 +40,7 @@ from trm.evaluation import (
     sum_metrics,
 )
 from trm.loop import to_global
-from trm.model import TRM
+from trm.models import ACTModel
 from trm.render import plot_per_step
 from trm.tracking import Tracker
 from trm.train_step import make_mesh
@@ -78,7 +78,7 @@ def _all_hosts(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
-def evaluate_stream(model: TRM, batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
+def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
                     voter: ArcVoter | None = None, rollout_fn: RolloutFn = rollout,
                     progress: tqdm | None = None) -> SetResult:
     """Evaluate host batches ({"inputs", "labels", "puzzle_identifiers"} [+ "valid"], ARC
@@ -122,7 +122,7 @@ def evaluate_stream(model: TRM, batches: Iterable[Mapping[str, np.ndarray]], mes
                      puzzles=puzzles, seconds=time.perf_counter() - start)
 
 
-def evaluate_split(model: TRM, data_dir: str | Path, split: str, mesh: Mesh, *, batch_size: int,
+def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh, *, batch_size: int,
                    arc: bool | None = None, progress: bool = False,
                    rollout_fn: RolloutFn = rollout) -> SetResult:
     """Evaluate `model` on one split of a built data set. `arc`: vote over augmented copies

@@ -19,8 +19,8 @@ import numpy as np
 
 from trm.checkpoint import Checkpointer, to_json
 from trm.config import ModelConfig
-from trm.model import TRM, replace_config
-from trm.official import config_from_official, from_official_state_dict, load_state_dict_file
+from trm.models import ACTModel, build_model, replace_config
+from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, RunConfig
 from trm.train_step import TrainState, eval_model, init_train_state
@@ -50,7 +50,7 @@ class ModelSource:
 
 @dataclasses.dataclass
 class LoadedModel:
-    model: TRM
+    model: ACTModel
     info: dict[str, Any]
     """JSON description: where the weights came from, step, which weights, model config."""
     run_config: RunConfig | None = None
@@ -74,7 +74,7 @@ def dataclass_from_json(cls: type, data: dict[str, Any]) -> Any:
 def _state_template(model_cfg: ModelConfig, run: RunConfig) -> TrainState:
     """The train state `train(run)` checkpoints (shapes only when under eval_shape)."""
     lr, _ = build_schedules(run.optim, 1)  # the schedule length does not shape the state
-    return init_train_state(TRM(model_cfg, key=jax.random.key(0)),
+    return init_train_state(build_model(model_cfg, key=jax.random.key(0)),
                             build_optimizer(run.optim, lr), run.optim.global_batch_size,
                             jax.random.key(1), ema=run.optim.ema)
 

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jaxtyping import Array, Bool, Float, Int
 
 from trm.loss import Metrics, loss_head, row_correctness
-from trm.model import TRM
+from trm.models import ACTModel
 
 
 class Rollout(eqx.Module):
@@ -38,7 +38,7 @@ class Rollout(eqx.Module):
 
 
 @eqx.filter_jit
-def rollout(model: TRM, inputs: Int[Array, "B S"], labels: Int[Array, "B S"],
+def rollout(model: ACTModel, inputs: Int[Array, "B S"], labels: Int[Array, "B S"],
             puzzle_identifiers: Int[Array, " B"], keep_step_preds: bool = False) -> Rollout:
     """Run `halt_max_steps` eval-mode ACT steps from a fresh carry."""
     carry = model.initial_carry(inputs.shape[0])

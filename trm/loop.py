@@ -25,7 +25,7 @@ from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped
 from trm.config import ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
-from trm.model import TRM, replace_config
+from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
@@ -109,7 +109,7 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
             for k in ("inputs", "labels", "puzzle_identifiers")}
 
 
-def evaluate(model: TRM, data_dir: Path, cfg: RunConfig, mesh: Mesh,
+def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh,
              ) -> dict[str, dict[str, Any]]:
     """Official metrics, per-step curves and, with eval.evaluators=("arc",), ARC pass@K on
     every eval set: set name -> metrics. The ARC submission of the latest evaluation is
@@ -147,11 +147,11 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def with_model_config(tree: Any, config: ModelConfig) -> Any:
     """Every TRM inside `tree` (model, EMA, optimiser moments) under `config`."""
-    return jax.tree.map(lambda x: replace_config(x, config) if isinstance(x, TRM) else x, tree,
-                        is_leaf=lambda x: isinstance(x, TRM))
+    return jax.tree.map(lambda x: replace_config(x, config) if isinstance(x, ACTModel) else x, tree,
+                        is_leaf=lambda x: isinstance(x, ACTModel))
 
 
-def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -> TRM:
+def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -> ACTModel:
     """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1 saved
     checkpoints when k > 1."""
     if k <= 1:
@@ -183,7 +183,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     key = jax.random.key(cfg.seed)
 
     def make_state() -> TrainState:
-        return init_train_state(TRM(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
+        return init_train_state(build_model(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
                                 o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
 
     # built under jit straight into its global shardings (works across hosts)

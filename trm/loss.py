@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from trm.config import LossType
-from trm.model import TRM, Carry, Outputs
+from trm.models import ACTModel, Carry, Outputs
 
 IGNORE_LABEL_ID = -100
 
@@ -98,7 +98,7 @@ def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType, step_penalty:
     return total, metrics
 
 
-def step_loss(model: TRM, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
+def step_loss(model: ACTModel, carry: Carry, *, train: bool, key: PRNGKeyArray | None = None,
               puzzle_rows: Float[Array, "B pdim"] | None = None,
               min_halt_steps: Int[Array, " B"] | None = None, step_penalty: float = 0.0,
               ) -> tuple[Float[Array, ""], tuple[Carry, Metrics, Outputs]]:

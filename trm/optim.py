@@ -7,7 +7,7 @@ Parameter groups in the official `pretrain.py`:
   `sign_sgd_rows` with its own lr (`puzzle_emb_lr`, same warm-up/cosine shape) and decay;
 - H_init / L_init are buffers: never optimised, never averaged.
 With `puzzle_emb_ndim == 0` only the network optimizer exists; with `freeze_weights` only the
-sign-SGD runs (network untouched, no decay). `trm.model.network_filter` selects the network
+sign-SGD runs (network untouched, no decay). `trm.models.network_filter` selects the network
 leaves: `net, rest = eqx.partition(model, network_filter(model))`, and the optimizers here act
 on `net` (None leaves are skipped).
 

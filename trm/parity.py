@@ -32,8 +32,12 @@ import numpy as np
 
 from trm.config import ModelConfig
 from trm.loss import loss_head
-from trm.model import TRM, Carry
-from trm.official import config_from_official, from_official_state_dict, to_official_state_dict
+from trm.models import ACTModel, Carry
+from trm.models.official import (
+    config_from_official,
+    from_official_state_dict,
+    to_official_state_dict,
+)
 from trm.optim import adam_atan2
 from trm.train_step import apply_optimizers, loss_and_grads, network_params
 
@@ -86,7 +90,7 @@ def _step_record(carry: Carry, outputs, total, metrics) -> dict[str, np.ndarray]
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def replay_eval(model: TRM, fx: Fixture, teacher_forcing: bool = True) -> dict[str, np.ndarray]:
+def replay_eval(model: ACTModel, fx: Fixture, teacher_forcing: bool = True) -> dict[str, np.ndarray]:
     """Eval-mode ACT rollout on batch0; step s starts from the recorded step s-1 latents."""
     batch = fx.batch(0)
     carry = model.initial_carry(batch[0].shape[0])
@@ -102,7 +106,7 @@ def replay_eval(model: TRM, fx: Fixture, teacher_forcing: bool = True) -> dict[s
     return ours
 
 
-def replay_train(model: TRM, fx: Fixture, teacher_forcing: bool = True,
+def replay_train(model: ACTModel, fx: Fixture, teacher_forcing: bool = True,
                  ) -> dict[str, np.ndarray]:
     """Train-mode steps on batch0, batch1, ... with the official optimisers after each step."""
     s_cfg = fx.settings

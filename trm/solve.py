@@ -23,7 +23,7 @@ from data.augment import encode_grid
 from data.common import IGNORE_LABEL_ID, MAZE_CHARSET
 from trm.eval_source import ModelSource, load_model
 from trm.evaluation import rollout
-from trm.model import TRM
+from trm.models import ACTModel
 from trm.render import Kind, cells, changed_cells, draw_strip, strip_panels
 
 
@@ -108,7 +108,7 @@ class Trace:
     """Exactly right after each step (None when the target is unknown)."""
 
 
-def solve(model: TRM, puzzle: Puzzle) -> Trace:
+def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
     """Run the eval rollout (all halt_max_steps steps) on one puzzle."""
     c = model.config
     if puzzle.inputs.size != c.seq_len or puzzle.inputs.max() >= c.vocab_size:

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from trm.loss import Metrics, step_loss
-from trm.model import TRM, Carry, network_filter
+from trm.models import ACTModel, Carry, network_filter
 from trm.optim import ema_init, ema_update, sign_sgd_rows
 
 DATA_AXIS = "data"
@@ -42,8 +42,8 @@ class TrainState(eqx.Module):
 
     step: Int[Array, ""]
     """Optimiser updates applied so far."""
-    model: TRM
-    ema: TRM | None
+    model: ACTModel
+    ema: ACTModel | None
     """EMA of the network leaves (other leaves None); None when EMA is off."""
     opt_state: optax.OptState
     carry: Carry
@@ -51,12 +51,12 @@ class TrainState(eqx.Module):
     """Base key; step s uses fold_in(key, s)."""
 
 
-def network_params(model: TRM) -> TRM:
+def network_params(model: ACTModel) -> ACTModel:
     """The network leaves of `model` (puzzle table and H_init/L_init replaced by None)."""
     return eqx.filter(model, network_filter(model))
 
 
-def eval_model(state: TrainState) -> TRM:
+def eval_model(state: TrainState) -> ACTModel:
     """Weights used for evaluation: the EMA network (if any) with the current puzzle table."""
     if state.ema is None:
         return state.model
@@ -64,7 +64,7 @@ def eval_model(state: TrainState) -> TRM:
     return eqx.combine(state.ema, rest)
 
 
-def init_train_state(model: TRM, optimizer: optax.GradientTransformation, global_batch: int,
+def init_train_state(model: ACTModel, optimizer: optax.GradientTransformation, global_batch: int,
                      key: PRNGKeyArray, *, ema: bool) -> TrainState:
     params = network_params(model)
     return TrainState(step=jnp.zeros((), jnp.int32), model=model,
@@ -100,7 +100,7 @@ def normalize_metrics(sums: Mapping[str, ArrayLike], global_batch: int) -> dict[
             for k, v in sums.items() if k != "count"} | {"count": float(sums["count"])}
 
 
-def loss_and_grads(model: TRM, carry: Carry, *, scale: float,
+def loss_and_grads(model: ACTModel, carry: Carry, *, scale: float,
                    min_halt_steps: Int[Array, " B"] | None = None, step_penalty: float = 0.0):
     """One train-mode ACT step on a reset carry and the gradients of `scale * total loss`.
 
@@ -121,10 +121,10 @@ def loss_and_grads(model: TRM, carry: Carry, *, scale: float,
     return total, aux, grads
 
 
-def apply_optimizers(model: TRM, opt_state: optax.OptState, grads: TRM,
+def apply_optimizers(model: ACTModel, opt_state: optax.OptState, grads: ACTModel,
                      row_grads: Float[Array, "B pdim"] | None, ids: Int[Array, " B"], *,
                      optimizer: optax.GradientTransformation, puzzle_lr: ArrayLike,
-                     puzzle_weight_decay: float) -> tuple[TRM, optax.OptState]:
+                     puzzle_weight_decay: float) -> tuple[ACTModel, optax.OptState]:
     """The official update: the network optimiser on the network weights, sign-SGD on the
     puzzle-embedding rows of the (global) batch."""
     updates, opt_state = optimizer.update(grads, opt_state, network_params(model))
@@ -156,7 +156,7 @@ def make_train_step(*, mesh: Mesh, optimizer: optax.GradientTransformation,
         prob = None if exploration_schedule is None else exploration_schedule(state.step)
         min_halt = model.exploration_min_steps(key, global_batch, prob)
 
-        def local_grads(model: TRM, carry: Carry, min_halt: Int[Array, " b"]):
+        def local_grads(model: ACTModel, carry: Carry, min_halt: Int[Array, " b"]):
             _, (new_carry, metrics, _), (grads, row_grads) = loss_and_grads(
                 model, carry, scale=1.0 / global_batch, min_halt_steps=min_halt,
                 step_penalty=step_penalty)

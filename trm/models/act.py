@@ -1,21 +1,18 @@
-"""The Tiny Recursive Model: one shared network, a recursion over (z_H, z_L), and ACT.
+"""The ACT / deep-supervision wrapper shared by every architecture.
+
+An architecture (`trm.models.trm.TRM`, ...) is an `ACTModel`: it supplies its latent update
+(`inner`: one supervision step's recursion, with the architecture's gradient structure) and
+its initial-state vectors; this module supplies the rest, identical for all of them, as the
+official code does: token / position / puzzle embeddings, the LM and Q heads, the carry, its
+reset, the step counter, halting, exploration and the Q-continue target.
 
 Per-example shapes: `L = prefix_len + seq_len` positions, `D = hidden_size`.
-The recursion follows the paper's pseudocode:
-
-    def latent_recursion(x, y, z):        # y = z_H (answer), z = z_L (latent)
-        for i in range(L_cycles): z = net(z, y + x)
-        y = net(y, z)
-    def deep_recursion(x, y, z):
-        with no_grad: repeat H_cycles - 1 times: latent_recursion(x, y, z)
-        latent_recursion(x, y, z)
-        return (y, z) detached, lm_head(y), q_head(y[0])
 """
 
 from __future__ import annotations
 
+import abc
 import copy
-import functools
 import math
 
 import equinox as eqx
@@ -24,9 +21,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from trm.config import ModelConfig
-from trm.layers import Attention, Embedding, Linear, SwiGLU, rms_norm, rope_tables, trunc_normal
+from trm.models.layers import Embedding, Linear, Rope, rope_tables
 
-Rope = tuple[Float[Array, "L hd"], Float[Array, "L hd"]] | None
 
 def forward_dtype(config: ModelConfig) -> jnp.dtype:
     return jnp.dtype(config.forward_dtype)
@@ -37,58 +33,15 @@ def stop_gradient_tree(tree):
     return jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
 
 
-class Block(eqx.Module):
-    """Post-norm block: x = rms(x + mix(x)); x = rms(x + SwiGLU(x))."""
-
-    mixer: Attention | SwiGLU
-    mlp: SwiGLU
-    eps: float = eqx.field(static=True)
-
-    def __init__(self, config: ModelConfig, *, key: PRNGKeyArray):
-        k_mix, k_mlp = jax.random.split(key)
-        if config.mlp_t:
-            self.mixer = SwiGLU(config.total_len, config.expansion, key=k_mix)
-        else:
-            self.mixer = Attention(config.hidden_size, config.num_heads, key=k_mix)
-        self.mlp = SwiGLU(config.hidden_size, config.expansion, key=k_mlp)
-        self.eps = config.rms_norm_eps
-
-    def __call__(self, x: Float[Array, "L D"], rope: Rope) -> Float[Array, "L D"]:
-        if isinstance(self.mixer, Attention):
-            x = rms_norm(x + self.mixer(x, rope), self.eps)
-        else:  # mlp_t: SwiGLU along the sequence axis, normalised over it
-            xt = x.T
-            x = rms_norm(xt + self.mixer(xt), self.eps).T
-        return rms_norm(x + self.mlp(x), self.eps)
-
-
-class ReasoningNet(eqx.Module):
-    """The single shared network: net(h, inj) = blocks(h + inj), blocks stacked and scanned."""
-
-    blocks: Block  # every array leaf has a leading [L_layers] axis
-
-    def __init__(self, config: ModelConfig, *, key: PRNGKeyArray):
-        keys = jax.random.split(key, config.L_layers)
-        self.blocks = eqx.filter_vmap(lambda k: Block(config, key=k))(keys)
-
-    def __call__(self, h: Float[Array, "L D"], injection: Float[Array, "L D"] | None,
-                 rope: Rope) -> Float[Array, "L D"]:
-        if injection is not None:
-            h = h + injection
-        params, static = eqx.partition(self.blocks, eqx.is_array)
-
-        def apply_block(x, block_params):
-            return eqx.combine(block_params, static)(x, rope), None
-
-        h, _ = jax.lax.scan(apply_block, h, params)
-        return h
-
-
 class Carry(eqx.Module):
-    """ACT state of a batch: latents, step counters, halting flags and the rows being solved."""
+    """ACT state of a batch: latents, step counters, halting flags and the rows being solved.
+
+    `z_H` is the latent the heads read; `z_L` holds the architecture's other latents (one
+    [B, L, D] array, or [B, n, L, D] for several, or None when there is none).
+    """
 
     z_H: Float[Array, "B L D"]
-    z_L: Float[Array, "B L D"]
+    z_L: Float[Array, "B *n L D"] | None
     steps: Int[Array, " B"]
     halted: Bool[Array, " B"]
     inputs: Int[Array, "B S"]
@@ -103,39 +56,47 @@ class Outputs(eqx.Module):
     target_q_continue: Float[Array, " B"] | None = None
 
 
-class TRM(eqx.Module):
-    """Tiny Recursive Model (TRM ACT v1); weights float32, activations in `forward_dtype`."""
+def io_layers(config: ModelConfig, k_tokens: PRNGKeyArray, k_pos: PRNGKeyArray,
+              k_lm: PRNGKeyArray, k_q: PRNGKeyArray) -> tuple[
+        Embedding, Embedding | None, Float[Array, "ids pdim"] | None, Linear, Linear]:
+    """(embed_tokens, embed_pos, puzzle_emb, lm_head, q_head) with the official inits:
+    embeddings truncated normal std 1/sqrt(D), puzzle table zeros, q_head weight 0, bias -5."""
+    embed_std = 1.0 / math.sqrt(config.hidden_size)
+    embed_tokens = Embedding(config.vocab_size, config.hidden_size, std=embed_std, key=k_tokens)
+    embed_pos = (Embedding(config.total_len, config.hidden_size, std=embed_std, key=k_pos)
+                 if config.pos_encodings == "learned" else None)
+    puzzle_emb = (jnp.zeros((config.num_puzzle_identifiers, config.puzzle_dim), jnp.float32)
+                  if config.puzzle_dim > 0 else None)
+    lm_head = Linear(config.hidden_size, config.vocab_size, key=k_lm)
+    q_head = eqx.tree_at(
+        lambda q: (q.weight, q.bias),
+        Linear(config.hidden_size, 2, bias=True, key=k_q),
+        (jnp.zeros((2, config.hidden_size), jnp.float32), jnp.full((2,), -5.0, jnp.float32)),
+    )
+    return embed_tokens, embed_pos, puzzle_emb, lm_head, q_head
 
-    embed_tokens: Embedding
-    embed_pos: Embedding | None
-    puzzle_emb: Float[Array, "ids pdim"] | None
-    net: ReasoningNet
-    lm_head: Linear
-    q_head: Linear
-    H_init: Float[Array, " D"]
-    L_init: Float[Array, " D"]
-    config: ModelConfig = eqx.field(static=True)
 
-    def __init__(self, config: ModelConfig, *, key: PRNGKeyArray):
-        keys = jax.random.split(key, 7)
-        embed_std = 1.0 / math.sqrt(config.hidden_size)
-        self.config = config
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, std=embed_std,
-                                      key=keys[0])
-        self.embed_pos = (Embedding(config.total_len, config.hidden_size, std=embed_std,
-                                    key=keys[1])
-                          if config.pos_encodings == "learned" else None)
-        self.puzzle_emb = (jnp.zeros((config.num_puzzle_identifiers, config.puzzle_dim),
-                                     jnp.float32) if config.puzzle_dim > 0 else None)
-        self.net = ReasoningNet(config, key=keys[2])
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, key=keys[3])
-        self.q_head = eqx.tree_at(
-            lambda q: (q.weight, q.bias),
-            Linear(config.hidden_size, 2, bias=True, key=keys[6]),
-            (jnp.zeros((2, config.hidden_size), jnp.float32), jnp.full((2,), -5.0, jnp.float32)),
-        )
-        self.H_init = trunc_normal(keys[4], (config.hidden_size,), 1.0)
-        self.L_init = trunc_normal(keys[5], (config.hidden_size,), 1.0)
+class ACTModel(eqx.Module):
+    """An architecture inside the ACT wrapper; weights float32, activations in `forward_dtype`.
+
+    Subclasses declare the fields below (plus their networks) and implement `inner`.
+    """
+
+    embed_tokens: eqx.AbstractVar[Embedding]
+    embed_pos: eqx.AbstractVar[Embedding | None]
+    puzzle_emb: eqx.AbstractVar[Float[Array, "ids pdim"] | None]
+    lm_head: eqx.AbstractVar[Linear]
+    q_head: eqx.AbstractVar[Linear]
+    H_init: eqx.AbstractVar[Float[Array, " D"]]
+    L_init: eqx.AbstractVar[Float[Array, "*n D"] | None]
+    config: eqx.AbstractVar[ModelConfig]
+
+    @abc.abstractmethod
+    def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
+              z_L: Float[Array, "*n L D"] | None, rope: Rope,
+              ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"] | None]:
+        """One supervision step's recursion from (z_H, z_L) with input embedding x; gradients
+        flow only where the architecture lets them."""
 
     # ---- one example -------------------------------------------------------------------
 
@@ -159,40 +120,17 @@ class TRM(eqx.Module):
             x = 0.707106781 * (x + self.embed_pos.weight.astype(dtype))
         return math.sqrt(c.hidden_size) * x
 
-    def latent_recursion(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-                         z_L: Float[Array, "L D"], rope: Rope, remat: bool = False,
-                         ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
-        """L_cycles latent updates then one answer update (TRM), or the single-z variant."""
-        c = self.config
-        net = self.net
-        if remat:  # the module goes in as an argument: jax.checkpoint hashes its callable
-            recompute = jax.checkpoint(lambda module, h, inj, rope_: module(h, inj, rope_))
-            net = functools.partial(recompute, self.net)
-        if c.variant == "single_z":
-            z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, x, rope), z_L)
-            z_L = net(z_L, None, rope)
-            return z_L, z_L
-        z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, z_H + x, rope), z_L)
-        z_H = net(z_H, z_L, rope)
-        return z_H, z_L
-
-    def deep_recursion(self, z_H: Float[Array, "L D"], z_L: Float[Array, "L D"],
+    def deep_recursion(self, z_H: Float[Array, "L D"], z_L: Float[Array, "*n L D"] | None,
                        inputs: Int[Array, " S"], puzzle_row: Float[Array, " pdim"] | None,
-                       ) -> tuple[Float[Array, "L D"], Float[Array, "L D"],
+                       ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"] | None,
                                   Float[Array, "S V"], Float[Array, " 2"]]:
-        """One supervision step: H_cycles - 1 cycles without gradient, one with.
+        """One supervision step: embed, `inner`, heads.
 
         Returns the new (z_H, z_L) with gradients stopped, the token logits (puzzle prefix
         removed) and the two Q logits (float32).
         """
-        rope = self.rope()
         x = self.embed(inputs, puzzle_row)
-        if self.config.H_cycles > 1:
-            frozen_self, frozen = stop_gradient_tree((self, (x, z_H, z_L)))
-            z_H, z_L = jax.lax.fori_loop(
-                0, self.config.H_cycles - 1,
-                lambda _, zs: frozen_self.latent_recursion(frozen[0], *zs, rope), frozen[1:])
-        z_H, z_L = self.latent_recursion(x, z_H, z_L, rope, remat=self.config.remat)
+        z_H, z_L = self.inner(x, z_H, z_L, self.rope())
         logits = self.lm_head(z_H)[self.config.prefix_len:]
         q = self.q_head(z_H[0]).astype(jnp.float32)
         return jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L), logits, q
@@ -206,8 +144,9 @@ class TRM(eqx.Module):
             return jnp.zeros((batch_size, *shape), dtype)
 
         z_shape = (c.total_len, c.hidden_size)
-        return Carry(z_H=zeros(*z_shape, dtype=forward_dtype(c)),
-                     z_L=zeros(*z_shape, dtype=forward_dtype(c)), steps=zeros(),
+        z_L = (None if self.L_init is None else
+               zeros(*self.L_init.shape[:-1], *z_shape, dtype=forward_dtype(c)))
+        return Carry(z_H=zeros(*z_shape, dtype=forward_dtype(c)), z_L=z_L, steps=zeros(),
                      halted=jnp.ones((batch_size,), bool), inputs=zeros(c.seq_len),
                      labels=zeros(c.seq_len), puzzle_identifiers=zeros())
 
@@ -216,9 +155,16 @@ class TRM(eqx.Module):
         """Rows that halted restart from H_init/L_init, step 0, with the new batch's rows."""
         dtype = forward_dtype(self.config)
         h = carry.halted
+
+        def restart(init: Float[Array, "*n D"] | None, z: Float[Array, "B *n L D"] | None):
+            if z is None:
+                return None
+            init = init.astype(dtype)[..., None, :]  # broadcast over positions
+            return jnp.where(h.reshape(-1, *(1,) * (z.ndim - 1)), init, z)
+
         return Carry(
-            z_H=jnp.where(h[:, None, None], self.H_init.astype(dtype), carry.z_H),
-            z_L=jnp.where(h[:, None, None], self.L_init.astype(dtype), carry.z_L),
+            z_H=restart(self.H_init, carry.z_H),
+            z_L=restart(self.L_init, carry.z_L),
             steps=jnp.where(h, 0, carry.steps),
             halted=h,
             inputs=jnp.where(h[:, None], inputs, carry.inputs),
@@ -260,7 +206,7 @@ class TRM(eqx.Module):
                 target = jax.nn.sigmoid(jnp.where(
                     is_last, next_q[:, 0], jnp.maximum(next_q[:, 0], next_q[:, 1])))
         new_carry = eqx.tree_at(lambda cr: (cr.z_H, cr.z_L, cr.steps, cr.halted), carry,
-                                (z_H, z_L, steps, halted))
+                                (z_H, z_L, steps, halted), is_leaf=lambda x: x is None)
         return new_carry, Outputs(logits, q_halt, q_continue, target)
 
     def exploration_min_steps(self, key: PRNGKeyArray | None, batch_size: int,
@@ -287,21 +233,24 @@ class TRM(eqx.Module):
         return self.step(carry, train=train, key=key)
 
 
-def network_filter(model: TRM) -> TRM:
+_BUFFERS = ("H_init", "L_init", "puzzle_emb")
+
+
+def network_filter(model: ACTModel) -> ACTModel:
     """Boolean PyTree: True on network weights (AdamATan2/EMA), False on the puzzle table and
-    the fixed H_init/L_init vectors."""
+    the fixed initial-state vectors."""
     spec = jax.tree.map(eqx.is_inexact_array, model)
-    spec = eqx.tree_at(lambda m: (m.H_init, m.L_init), spec, (False, False))
-    if model.puzzle_emb is not None:
-        spec = eqx.tree_at(lambda m: m.puzzle_emb, spec, False)
+    for name in _BUFFERS:
+        if getattr(model, name) is not None:
+            spec = eqx.tree_at(lambda m, n=name: getattr(m, n), spec, False)
     return spec
 
 
-def replace_config(model: TRM, config: ModelConfig) -> TRM:
+def replace_config(model: ACTModel, config: ModelConfig) -> ACTModel:
     """The same arrays under another config that needs the same parameter shapes (other
     cycle counts, forward dtype, halting settings). Works on filtered trees too (e.g. an EMA
     of the network with None elsewhere)."""
-    template = eqx.filter_eval_shape(TRM, config, key=jax.random.key(0))
+    template = eqx.filter_eval_shape(type(model), config, key=jax.random.key(0))
     have = jax.tree.leaves(model, is_leaf=lambda x: x is None)
     want = jax.tree.leaves(template, is_leaf=lambda x: x is None)
     if len(have) != len(want) or any(

@@ -1,7 +1,7 @@
-"""Building blocks of the TRM network, per example (`[seq, dim]`), weights stored in float32.
+"""Building blocks shared by every architecture, per example (`[seq, dim]`), weights float32.
 
 Every layer casts its float32 weights to the dtype of its input, so the forward dtype is chosen
-once, by the dtype of the embeddings (see `trm.model`).
+once, by the dtype of the embeddings (see `trm.models.act`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from trm.config import ModelConfig
 
 _TRUNC_BOUND = 2.0
 
@@ -146,3 +148,54 @@ class SwiGLU(eqx.Module):
     def __call__(self, x: Float[Array, "*batch h"]) -> Float[Array, "*batch h"]:
         gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
         return self.down_proj(jax.nn.silu(gate) * up)
+
+
+Rope = tuple[Float[Array, "L hd"], Float[Array, "L hd"]] | None
+
+
+class Block(eqx.Module):
+    """Post-norm block: x = rms(x + mix(x)); x = rms(x + SwiGLU(x))."""
+
+    mixer: Attention | SwiGLU
+    mlp: SwiGLU
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, config: ModelConfig, *, key: PRNGKeyArray):
+        k_mix, k_mlp = jax.random.split(key)
+        if config.mlp_t:
+            self.mixer = SwiGLU(config.total_len, config.expansion, key=k_mix)
+        else:
+            self.mixer = Attention(config.hidden_size, config.num_heads, key=k_mix)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion, key=k_mlp)
+        self.eps = config.rms_norm_eps
+
+    def __call__(self, x: Float[Array, "L D"], rope: Rope) -> Float[Array, "L D"]:
+        if isinstance(self.mixer, Attention):
+            x = rms_norm(x + self.mixer(x, rope), self.eps)
+        else:  # mlp_t: SwiGLU along the sequence axis, normalised over it
+            xt = x.T
+            x = rms_norm(xt + self.mixer(xt), self.eps).T
+        return rms_norm(x + self.mlp(x), self.eps)
+
+
+class ReasoningNet(eqx.Module):
+    """A stack of blocks with an input injection: net(h, inj) = blocks(h + inj), the blocks
+    stacked and scanned."""
+
+    blocks: Block  # every array leaf has a leading [num_layers] axis
+
+    def __init__(self, config: ModelConfig, num_layers: int, *, key: PRNGKeyArray):
+        keys = jax.random.split(key, num_layers)
+        self.blocks = eqx.filter_vmap(lambda k: Block(config, key=k))(keys)
+
+    def __call__(self, h: Float[Array, "L D"], injection: Float[Array, "L D"] | None,
+                 rope: Rope) -> Float[Array, "L D"]:
+        if injection is not None:
+            h = h + injection
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def apply_block(x, block_params):
+            return eqx.combine(block_params, static)(x, rope), None
+
+        h, _ = jax.lax.scan(apply_block, h, params)
+        return h

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm.config import ModelConfig
-from trm.model import TRM
+from trm.models.trm import TRM
 
 
 class StateDictError(ValueError):
