@@ -14,15 +14,14 @@ from trm.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     def run(args: list[str]) -> None:
-        import tyro  # imported here: keeps --help of other tools fast
-
+        from trm.cli import parse_args
         from trm.eval_run import EvalArgs, run_evaluate
         from trm.solve import SolveArgs, run_solve
 
         if args[:1] == ["solve"]:
-            run_solve(tyro.cli(SolveArgs, args=args[1:], prog="evaluate.py solve"))
+            run_solve(parse_args(SolveArgs, args[1:], prog="evaluate.py solve"))
         else:
-            run_evaluate(tyro.cli(EvalArgs, args=args, prog="evaluate.py"))
+            run_evaluate(parse_args(EvalArgs, args, prog="evaluate.py"))
 
     return run_cli(run, sys.argv[1:] if argv is None else argv)
 

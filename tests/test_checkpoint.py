@@ -106,7 +106,7 @@ def test_restore_refuses_another_model_config(tmp_path):
         ckpt.save(1, state)
     other = ModelConfig(hidden_size=64, num_heads=2, L_cycles=4)
     with (Checkpointer(tmp_path, CheckpointConfig(), other) as ckpt,
-          pytest.raises(ValueError, match="hidden_size.*L_cycles")):
+          pytest.raises(ValueError, match="hidden-size stored 32, requested 64.*L-cycles")):
         ckpt.restore(state)
     stored = {k: v for k, v in ModelConfig().__dict__.items() if k != "mlp_t"}
     assert config_differences(stored, ModelConfig()) == []   # missing field = its default

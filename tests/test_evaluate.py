@@ -210,6 +210,11 @@ def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
     (["--checkpoint-dir", "{ckpt}", "--batch-size", "3"], "multiple of the 8 devices"),
     (["--checkpoint-dir", "{ckpt}", "--official-weights", "x.npz"], "exactly one"),
     (["--official-weights", "{tmp}/w.pt", "--data-dir", "{data}"], "no such weights file"),
+    (["--checkpoint-dir", "{ckpt}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "9"], "--devices 9: 8 device(s) available"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "0"], "--devices must be >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--halt-max-steps", "0"], "--halt-max-steps must be"),
+    (["--checkpoint-dir", "{ckpt}", "--step", "-1"], "--step must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_path, capsys,
                                                   args, message):

@@ -81,7 +81,13 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, capsys):
     train(parse_cli(args + ["--max-steps", "2"]), progress=False)
     code = train_cli.main(args + ["--max-steps", "3", "--model.hidden-size", "64"])
     err = capsys.readouterr().err
-    assert code == 2 and "another model config" in err and "hidden_size" in err
+    assert code == 2 and "--model.hidden-size stored 32, requested 64" in err
+    for flags, setting in ((["--optim.global-batch-size", "16"], "global-batch-size stored 8"),
+                           (["--optim.optimizer", "adamw"], "optimizer stored 'adam_atan2'"),
+                           (["--optim.no-ema"], "--optim.ema stored True, requested False")):
+        assert train_cli.main(args + ["--max-steps", "3", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and setting in err[0]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
@@ -96,9 +102,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--optim.global-batch-size", "0"], "global_batch_size"),
-    (["--model.hidden-size", "30", "--model.num-heads", "4"], "divisible"),
-    (["--eval.eval-interval", "3"], "eval_interval"),
+    (["--optim.global-batch-size", "0"], "--optim.global-batch-size"),
+    (["--model.hidden-size", "30", "--model.num-heads", "4"], "--model.num-heads 4 must divide"),
+    (["--eval.eval-interval", "3"], "--eval.eval-interval"),
+    (["--model.num-heads", "0"], "--model.num-heads"),
+    (["--mesh.data", "16", "--optim.global-batch-size", "16"], "--mesh.data 16: 8 device(s)"),
+    (["--optim.global-batch-size", "12"], "--optim.global-batch-size 12 is not a multiple"),
 ])
 def test_bad_flags_give_one_line_errors(tmp_path, data_dir, capsys, flags, message):
     assert train_cli.main(tiny_args(tmp_path, data_dir, *flags)) == 2

@@ -66,7 +66,7 @@ def test_paper_recipes():
      "must divide epochs"),
     (lambda: rc.OptimConfig(ema_rate=1.0), "ema_rate"),
     (lambda: rc.OptimConfig(lr_min_ratio=2.0), "lr_min_ratio"),
-    (lambda: rc.MeshConfig(data=0), "mesh.data"),
+    (lambda: rc.MeshConfig(data=0), "data must be -1 or >= 1"),
 ])
 def test_validation_errors(make, message):
     with pytest.raises(ConfigError, match=message):
@@ -76,8 +76,40 @@ def test_validation_errors(make, message):
 def test_cli_reports_invalid_values():
     with pytest.raises(ConfigError, match="not divisible"):
         parse_cli(["sudoku-tiny", "--optim.global-batch-size", "30", "--mesh.data", "8"])
-    with pytest.raises(SystemExit):
-        parse_cli(["no-such-preset"])
+
+
+@pytest.mark.parametrize("flags", [
+    ["--model.num-heads", "0"], ["--model.num-heads", "-4"],
+    ["--model.num-heads", "3"],  # does not divide hidden 64
+    ["--model.hidden-size", "0"], ["--model.H-cycles", "0"], ["--model.L-cycles", "-1"],
+    ["--model.L-layers", "0"], ["--model.halt-max-steps", "0"], ["--model.expansion", "0"],
+    ["--model.puzzle-emb-len", "-1"], ["--model.rms-norm-eps", "0"],
+    ["--model.halt-exploration-prob", "1.5"],
+    ["--optim.global-batch-size", "0"], ["--optim.lr", "-1"], ["--optim.lr", "nan"],
+    ["--optim.lr", "inf"], ["--optim.puzzle-emb-lr", "-1e-2"], ["--optim.epochs", "0"],
+    ["--optim.lr-warmup-steps", "-1"], ["--optim.b2", "1.0"], ["--optim.ema-rate", "1.0"],
+    ["--optim.lr-reference-batch", "0"],
+    ["--eval.eval-interval", "0"], ["--eval.eval-interval", "3"], ["--eval.batch-size", "0"],
+    ["--eval.min-eval-interval", "-1"], ["--eval.average-last-k", "0"],
+    ["--eval.average-last-k", "3"],  # > keep_last 2
+    ["--checkpoint.every-n-steps", "0"], ["--checkpoint.keep-last", "0"],
+    ["--mesh.data", "0"], ["--mesh.data", "-2"],
+    ["--data.num-train", "0"], ["--data.num-test", "0"], ["--data.num-aug", "-1"],
+    ["--data.num-workers", "-1"], ["--halting.exploration-start", "0.5"],
+    ["--halting.step-penalty", "-1"], ["--curriculum.phases", "0.5", "1", "1"],
+    ["--max-steps", "0"],
+], ids=lambda f: " ".join(f))
+def test_each_invalid_flag_is_named(flags):
+    with pytest.raises(ConfigError) as e:
+        parse_cli(["sudoku-tiny", *flags])
+    assert str(e.value).startswith(flags[0] + " ") and "\n" not in str(e.value)
+
+
+def test_unknown_preset_suggests_the_closest():
+    with pytest.raises(ConfigError, match="'sudoku-tinny': did you mean sudoku-tiny or"):
+        parse_cli(["sudoku-tinny"])
+    with pytest.raises(ConfigError, match="did you mean maze-tiny or maze-hard"):
+        parse_cli(["maze-tyni", "--no-track"])
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)

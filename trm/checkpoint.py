@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from trm.config import ModelConfig, upgrade_model_fields
+from trm.config import ModelConfig, flag_name, upgrade_model_fields
 from trm.run_config import CheckpointConfig, RunConfig
 
 T = TypeVar("T")
@@ -36,15 +36,34 @@ def to_json(config: Any) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+STATE_SHAPING = ("optim.optimizer", "optim.ema", "optim.freeze_weights",
+                 "optim.global_batch_size")
+"""RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry)."""
+
+
 def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[str]:
-    """'field: stored X != requested Y' for each differing ModelConfig field.
+    """'--model.field stored X, requested Y' for each differing ModelConfig field.
 
     A field missing from `stored` (written before the field existed) counts as its default.
     """
     wanted = to_json(requested)
     defaults = to_json(ModelConfig())
-    return [f"{k}: stored {stored.get(k, defaults[k])!r} != requested {v!r}"
+    return [f"{flag_name('model.' + k)} stored {stored.get(k, defaults[k])!r}, requested {v!r}"
             for k, v in wanted.items() if stored.get(k, defaults[k]) != v]
+
+
+def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None) -> list[str]:
+    """The same for the STATE_SHAPING run settings (none when either side is unknown)."""
+    if stored is None or requested is None:
+        return []
+    wanted, defaults = to_json(requested), to_json(RunConfig())
+
+    def get(tree: dict[str, Any], path: str) -> Any:
+        section, name = path.split(".")
+        return tree.get(section, {}).get(name, defaults[section][name])
+
+    return [f"{flag_name(p)} stored {get(stored, p)!r}, requested {get(wanted, p)!r}"
+            for p in STATE_SHAPING if get(stored, p) != get(wanted, p)]
 
 
 def _is_array_like(x: Any) -> bool:
@@ -92,6 +111,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], cfg: CheckpointConfig,
                  model_config: ModelConfig, run_config: RunConfig | None = None) -> None:
         self.model_config = model_config
+        self._run_config = run_config
         self._config_json = {"model": to_json(model_config),
                              "run": None if run_config is None else to_json(run_config)}
         options = ocp.CheckpointManagerOptions(
@@ -136,10 +156,13 @@ class Checkpointer:
         place. Raises ValueError if the stored model config differs from this one's.
         """
         step = self._step_or_latest(step)
-        diffs = config_differences(self.stored_config(step)["model"], self.model_config)
+        stored = self.stored_config(step)
+        diffs = (config_differences(stored["model"], self.model_config)
+                 + run_differences(stored.get("run"), self._run_config))
         if diffs:
-            raise ValueError(f"checkpoint step {step} in {self.directory} was written for "
-                             f"another model config: {'; '.join(diffs)}")
+            raise ValueError(f"checkpoint step {step} in {self.directory} was written with "
+                             f"other settings: {'; '.join(diffs)} (pass the stored values, "
+                             f"or start a new --run-dir)")
         items: dict[str, Any] = {
             "state": ocp.args.StandardRestore(abstract_arrays(template, sharding))}
         if data_iter is not None:

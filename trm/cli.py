@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from data.common import DataError
-from trm.config import ConfigError
+from trm.config import ConfigError, flag_error
+
+T = TypeVar("T")
 
 
 class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
+
+
+def parse_args(cls: type[T], args: list[str], prog: str) -> T:
+    """tyro.cli for a flat dataclass; a ConfigError names the flag (`--batch-size ...`)."""
+    import tyro  # imported here: keeps --help of other tools fast
+
+    try:
+        return tyro.cli(cls, args=args, prog=prog)
+    except ConfigError as e:
+        raise flag_error(e, {c: "" for c in cls.__mro__}) from None
 
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:

@@ -27,7 +27,36 @@ def upgrade_model_fields(fields: dict) -> dict:
 
 class ConfigError(Exception):
     """An invalid configuration value. Deliberately not a ValueError, so that tyro does not
-    wrap it in its multi-line help box: the command line reports it as one line."""
+    wrap it in its multi-line help box: the command line reports it as one line.
+
+    `field` (a dotted path inside the dataclass `owner`, when known) lets a command line
+    name its own flag instead (`flag_error`); `detail` is the message without the field.
+    """
+
+    def __init__(self, detail: str, *, field: str | None = None,
+                 owner: type | None = None) -> None:
+        super().__init__(f"{field} {detail}" if field else detail)
+        self.detail, self.field, self.owner = detail, field, owner
+
+
+def require(ok: bool, config: object, field: str, detail: str) -> None:
+    """Raise ConfigError(`field` `detail`) for `field` of the dataclass `config` unless ok."""
+    if not ok:
+        raise ConfigError(detail, field=field, owner=type(config))
+
+
+def flag_name(path: str) -> str:
+    """The tyro flag of a dotted field path: "model.num_heads" -> "--model.num-heads"."""
+    return "--" + path.replace("_", "-")
+
+
+def flag_error(error: ConfigError, sections: dict[type, str]) -> ConfigError:
+    """`error` reworded to name the command-line flag; `sections` maps each nested config
+    dataclass to its flag prefix ("" for the top level)."""
+    if error.field is None or error.owner not in sections:
+        return error
+    prefix = sections[error.owner]
+    return ConfigError(f"{flag_name(prefix + error.field)} {error.detail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +111,23 @@ class ModelConfig:
     (less memory, ~1/3 more compute; same numbers up to float rounding)."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads != 0:
-            raise ConfigError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-            )
-        for name in ("vocab_size", "seq_len", "hidden_size", "L_layers", "H_cycles",
-                     "L_cycles", "halt_max_steps", "num_puzzle_identifiers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pos_encodings == "rope" and self.head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}")
+        for name in ("vocab_size", "seq_len", "hidden_size", "num_heads", "L_layers",
+                     "H_cycles", "L_cycles", "halt_max_steps", "num_puzzle_identifiers"):
+            require(getattr(self, name) >= 1, self, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.hidden_size % self.num_heads == 0, self, "num_heads",
+                f"{self.num_heads} must divide hidden_size {self.hidden_size} (not divisible)")
+        require(self.puzzle_emb_ndim is None or self.puzzle_emb_ndim >= 0, self,
+                "puzzle_emb_ndim", f"must be >= 0, got {self.puzzle_emb_ndim}")
+        require(self.puzzle_emb_len >= 0, self, "puzzle_emb_len",
+                f"must be >= 0, got {self.puzzle_emb_len}")
+        for name in ("expansion", "rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, self, name, f"must be > 0, got {value}")
+        require(0.0 <= self.halt_exploration_prob <= 1.0, self, "halt_exploration_prob",
+                f"must be in [0, 1], got {self.halt_exploration_prob}")
+        require(not (self.pos_encodings == "rope" and self.head_dim % 2), self, "num_heads",
+                f"gives an odd head dim {self.head_dim} (hidden_size / num_heads), RoPE needs "
+                f"an even one")
 
     @property
     def head_dim(self) -> int:

@@ -8,6 +8,7 @@ model's static config, so the train step recompiles once per phase.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax.numpy as jnp
 import optax
@@ -23,11 +24,11 @@ def validate_phases(phases: tuple[Phase, ...]) -> None:
     if not phases:
         return
     starts = [p[0] for p in phases]
-    if starts[0] != 0.0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= 1:
-        raise ConfigError(f"curriculum phases must start at 0.0 and increase below 1.0, "
-                         f"got starts {starts}")
+    if starts[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(starts)) or starts[-1] >= 1:
+        raise ConfigError(f"must start at 0.0 and increase below 1.0, got starts {starts}",
+                          field="phases")
     if any(h < 1 or l_ < 1 for _, h, l_ in phases):
-        raise ConfigError("curriculum H_cycles and L_cycles must be >= 1")
+        raise ConfigError("H_cycles and L_cycles must be >= 1", field="phases")
 
 
 def phase_index(phases: tuple[Phase, ...], step: int, total_steps: int) -> int:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.common import atomic_file
 from trm.arc_eval import ArcVoter, Submission, write_submission
+from trm.config import require
 from trm.eval_source import ModelSource, check_compatible, load_model
 from trm.evaluation import (
     Rollout,
@@ -177,6 +178,12 @@ class EvalArgs(ModelSource):
     progress: bool = True
     """Show a progress bar."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "devices"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, self, name, f"must be >= 1, got {value}")
+
     def output_path(self, suffix: str) -> Path:
         return Path(self.out).with_name(Path(self.out).stem + suffix)
 
@@ -232,7 +239,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
-    mesh = make_mesh(args.devices)
+    mesh = make_mesh(args.devices, flag="--devices")
     meta = (load_metadata(args.data_dir, args.split[0])
             if args.official_weights and args.data_dir else None)
     loaded = load_model(args, data_metadata=meta, sharding=NamedSharding(mesh, P()))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from trm.checkpoint import Checkpointer, to_json
-from trm.config import ModelConfig
+from trm.config import ModelConfig, require
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
 from trm.optim import build_optimizer, build_schedules
@@ -46,6 +46,11 @@ class ModelSource:
     file, when it is an .npz)."""
     halt_max_steps: int | None = None
     """Run this many supervision steps instead of the trained number (None: as trained)."""
+
+    def __post_init__(self) -> None:
+        for name in ("step", "halt_max_steps"):
+            value, low = getattr(self, name), 0 if name == "step" else 1
+            require(value is None or value >= low, self, name, f"must be >= {low}, got {value}")
 
 
 @dataclasses.dataclass

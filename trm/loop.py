@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped
-from trm.config import ModelConfig
+from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
@@ -69,6 +69,15 @@ def initialize_distributed(cfg: RunConfig) -> None:
                                num_processes=m.num_processes, process_id=m.process_id,
                                # a coordinator on this machine listens on loopback only
                                coordinator_bind_address=m.coordinator_address if local else None)
+
+
+def check_batches(cfg: RunConfig, devices: int) -> None:
+    """Raise ConfigError naming the flag when a batch does not split over the mesh."""
+    for flag, batch in (("--optim.global-batch-size", cfg.optim.global_batch_size),
+                        ("--eval.batch-size", cfg.eval.batch_size)):
+        if batch is not None and batch % devices:
+            raise ConfigError(f"{flag} {batch} is not a multiple of the {devices} devices "
+                              f"(--mesh.data)")
 
 
 def prepare_data(cfg: RunConfig) -> Path:
@@ -166,13 +175,14 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     from data.pipeline import load_metadata, train_iterator
 
     initialize_distributed(cfg)
+    mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
+    check_batches(cfg, mesh.devices.size)
     data_dir = prepare_data(cfg)
     metadata = load_metadata(data_dir)
     model_cfg = model_config_for(cfg.model, metadata)
     total, eval_every = step_budget(cfg, metadata)
     last_step = total if cfg.max_steps is None else min(total, cfg.max_steps)
     o = cfg.optim
-    mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data)
     phases = cfg.curriculum.phases or ((0.0, model_cfg.H_cycles, model_cfg.L_cycles),)
 
     lr, puzzle_lr = build_schedules(o, total)

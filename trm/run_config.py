@@ -9,12 +9,15 @@ published values; the training loop should take them from the data set's metadat
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import typing
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import tyro
 
-from trm.config import ConfigError, ModelConfig
+from trm.config import ConfigError, ModelConfig, flag_error, require
 from trm.curriculum import validate_phases
 
 Generated = Literal["none", "sudoku-tiny", "maze-tiny"]
@@ -58,16 +61,14 @@ class OptimConfig:
     """Batch size at which lr and puzzle_emb_lr apply unscaled (with lr_batch_scaling)."""
 
     def __post_init__(self) -> None:
-        _check(self.lr >= 0 and self.puzzle_emb_lr >= 0, "learning rates must be >= 0")
-        _check(0.0 <= self.lr_min_ratio <= 1.0,
-               f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
-        _check(self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0")
-        _check(0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0, "betas must be in [0, 1)")
-        _check(self.weight_decay >= 0 and self.puzzle_emb_weight_decay >= 0,
-               "weight decays must be >= 0")
-        _check(0.0 <= self.ema_rate < 1.0, f"ema_rate must be in [0, 1), got {self.ema_rate}")
-        _check(self.global_batch_size >= 1, "global_batch_size must be >= 1")
-        _check(self.epochs >= 1, "epochs must be >= 1")
+        for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay"):
+            _at_least(self, name, 0.0)
+        _in_unit(self, "lr_min_ratio", upper_open=False)
+        for name in ("b1", "b2", "ema_rate"):
+            _in_unit(self, name, upper_open=True)
+        _at_least(self, "lr_warmup_steps", 0)
+        for name in ("global_batch_size", "epochs", "lr_reference_batch"):
+            _at_least(self, name, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,12 @@ class EvalConfig:
     average_last_k: int = 1
     """Evaluate the average of the last k saved checkpoints' weights (1: the current ones)."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, "eval_interval", 1)
+        _at_least(self, "min_eval_interval", 0)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "average_last_k", 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -108,6 +115,10 @@ class CheckpointConfig:
     """Write checkpoints in a background thread."""
     resume: bool = True
     """Resume from the latest checkpoint in dir when there is one."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "every_n_steps", 1)
+        _at_least(self, "keep_last", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +153,13 @@ class MeshConfig:
     """This process's index (multi-host without auto-detection)."""
 
     def __post_init__(self) -> None:
-        _check(self.data == -1 or self.data >= 1, f"mesh.data must be -1 or >= 1, got {self.data}")
+        require(self.data == -1 or self.data >= 1, self, "data",
+                f"must be -1 or >= 1, got {self.data}")
+        _at_least(self, "num_processes", 1)
+        _at_least(self, "process_id", 0)
+        if self.num_processes is not None and self.process_id is not None:
+            require(self.process_id < self.num_processes, self, "process_id",
+                    f"{self.process_id} must be < num_processes {self.num_processes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +187,13 @@ class DataConfig:
     """Seed of generation, shuffling and augmentation."""
 
     def __post_init__(self) -> None:
-        _check(0 <= self.min_clues <= 81, f"data.min_clues must be in 0..81, got {self.min_clues}")
+        require(0 <= self.min_clues <= 81, self, "min_clues",
+                f"must be in 0..81, got {self.min_clues}")
+        _at_least(self, "num_train", 1)
+        _at_least(self, "num_test", 1)
+        _at_least(self, "num_workers", 0)
+        if isinstance(self.num_aug, int):
+            _at_least(self, "num_aug", 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +205,10 @@ class CurriculumConfig:
     Each phase change recompiles the train step once."""
 
     def __post_init__(self) -> None:
-        validate_phases(self.phases)
+        try:
+            validate_phases(self.phases)
+        except ConfigError as e:
+            raise ConfigError(e.detail, field=e.field, owner=type(self)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,11 +224,11 @@ class HaltingConfig:
     """Compute-aware halting: add step_penalty * steps * BCE(q_halt, 1) per row (0: off)."""
 
     def __post_init__(self) -> None:
-        _check((self.exploration_start is None) == (self.exploration_end is None),
-               "halting.exploration_start and exploration_end must be given together")
-        for p in (self.exploration_start, self.exploration_end):
-            _check(p is None or 0.0 <= p <= 1.0, f"exploration probability {p} not in [0, 1]")
-        _check(self.step_penalty >= 0.0, "halting.step_penalty must be >= 0")
+        require((self.exploration_start is None) == (self.exploration_end is None), self,
+                "exploration_start", "and exploration_end must be given together")
+        for name in ("exploration_start", "exploration_end"):
+            _in_unit(self, name, upper_open=False)
+        _at_least(self, "step_penalty", 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,17 +254,16 @@ class RunConfig:
     def __post_init__(self) -> None:
         o, e = self.optim, self.eval
         if self.mesh.data > 0:
-            _check(o.global_batch_size % self.mesh.data == 0,
-                   f"global_batch_size {o.global_batch_size} is not divisible by "
-                   f"mesh.data {self.mesh.data}")
+            for name, batch in (("optim.global_batch_size", o.global_batch_size),
+                                ("eval.batch_size", e.batch_size)):
+                require(batch is None or batch % self.mesh.data == 0, self, name,
+                        f"{batch} is not divisible by mesh.data {self.mesh.data}")
         if e.eval_interval is not None:
-            _check(e.eval_interval >= 1 and o.epochs % e.eval_interval == 0,
-                   f"eval_interval {e.eval_interval} must divide epochs {o.epochs}")
-        _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
-        _check(self.eval.average_last_k >= 1, "eval.average_last_k must be >= 1")
-        _check(self.eval.average_last_k <= self.checkpoint.keep_last,
-               f"eval.average_last_k {self.eval.average_last_k} needs checkpoint.keep_last >= it")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
+            require(o.epochs % e.eval_interval == 0, self, "eval.eval_interval",
+                    f"{e.eval_interval} must divide epochs {o.epochs}")
+        require(e.average_last_k <= self.checkpoint.keep_last, self, "eval.average_last_k",
+                f"{e.average_last_k} needs checkpoint.keep_last >= it")
+        _at_least(self, "max_steps", 1)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -246,14 +271,44 @@ class RunConfig:
         return self.checkpoint.dir or f"{self.run_dir}/checkpoints"
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+def _at_least(config: object, name: str, low: int | float) -> None:  # noqa: PYI041
+    """`config.name` (None allowed: "not set") must be a number >= low (finite if a float)."""
+    value = getattr(config, name)
+    require(value is None or (math.isfinite(value) and value >= low), config, name,
+            f"must be >= {low}, got {value}")
+
+
+def _in_unit(config: object, name: str, *, upper_open: bool) -> None:
+    """`config.name` (None allowed) must lie in [0, 1) (upper_open) or [0, 1]."""
+    value = getattr(config, name)
+    ok = value is None or (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0)
+    require(ok, config, name, f"must be in [0, {'1)' if upper_open else '1]'}, got {value}")
+
+
+def flag_sections() -> dict[type, str]:
+    """Each config dataclass of a RunConfig -> its flag prefix ("model.", ...; "" for RunConfig)."""
+    hints = typing.get_type_hints(RunConfig)
+    return {RunConfig: ""} | {hints[f.name]: f"{f.name}." for f in dataclasses.fields(RunConfig)
+                              if dataclasses.is_dataclass(hints[f.name])}
 
 
 def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
-    """`<preset> [--section.field value ...]` -> RunConfig (argv without the program name)."""
-    return tyro.extras.overridable_config_cli(PRESETS, args=argv)
+    """`<preset> [--section.field value ...]` -> RunConfig (argv without the program name).
+
+    Raises ConfigError naming the flag of an invalid value, or the closest presets to an
+    unknown one.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-") and args[0] not in PRESETS:
+        close = difflib.get_close_matches(args[0], PRESETS, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown preset {args[0]!r}: {hint}(presets: {', '.join(PRESETS)})")
+    try:
+        return tyro.extras.overridable_config_cli(PRESETS, args=args)
+    except ConfigError as e:
+        raise flag_error(e, flag_sections()) from None
 
 
 

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from trm.config import ConfigError
 from trm.loss import Metrics, step_loss
 from trm.models import ACTModel, Carry, network_filter
 from trm.optim import ema_init, ema_update, sign_sgd_rows
@@ -73,9 +74,16 @@ def init_train_state(model: ACTModel, optimizer: optax.GradientTransformation, g
                       carry=model.initial_carry(global_batch), key=key)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
+def make_mesh(num_devices: int | None = None, *, flag: str = "num_devices") -> Mesh:
     """1-D data-parallel mesh over the first `num_devices` devices (all by default; every
-    process's devices under multi-host), with automatic (GSPMD) sharding propagation."""
+    process's devices under multi-host), with automatic (GSPMD) sharding propagation.
+
+    Raises ConfigError naming `flag` unless 1 <= num_devices <= the devices available.
+    """
+    available = len(jax.devices())
+    if num_devices is not None and not 1 <= num_devices <= available:
+        raise ConfigError(f"{flag} {num_devices}: {available} device(s) available "
+                          f"({jax.devices()[0].platform})")
     devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
     return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
