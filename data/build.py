@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from data import arc, equivalence, sources
+from data import arc, equivalence, fingerprint, sources
 from data.common import (
     ARC_SEQ,
     ARC_SIZE,
@@ -78,14 +78,15 @@ def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path,
     splits["train"]["total_puzzles"] = n * (num_aug + 1)
     common = dict(name=name, vocab_size=vocab, seq_len=seq, num_puzzle_identifiers=1,
                   grid_size=int(round(seq ** 0.5)), default_num_aug=num_aug, aug_seed=seed)
+    common.update(leaks=leaks, fingerprint=fingerprint.make(common))
     build = dict(train_csv=str(train_csv), test_csv=str(test_csv), subsample_size=subsample_size,
                  min_rating=min_rating, seed=seed, **(info or {}))
     with atomic_dir(out) as tmp:
         write_puzzles(tmp, "train", train.inputs, train.labels)
         write_puzzles(tmp, "test", test.inputs, test.labels)
         build["seconds"] = round(time.perf_counter() - t0, 3)
-        write_metadata(tmp, {**common, "leaks": leaks}, splits, build)
-    return {**common, "leaks": leaks, "splits": splits, "build": build}
+        write_metadata(tmp, common, splits, build)
+    return {**common, "splits": splits, "build": build}
 
 
 def build_sudoku(train_csv: Path, test_csv: Path, out: Path, *, subsample_size: int | None = None,
@@ -167,6 +168,9 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     common = dict(name="arc", vocab_size=ARC_VOCAB, seq_len=ARC_SEQ,
                   num_puzzle_identifiers=int(1 + pool.count.sum()), grid_size=ARC_SIZE,
                   default_num_aug=num_aug, aug_seed=seed)
+    identifiers = fingerprint.arc_identifiers([(t.id, t.subset) for t in tasks], pool, seed=seed,
+                                              num_aug=num_aug)
+    common.update(leaks=leaks, fingerprint=fingerprint.make(common, identifiers))
     splits = {"train": _arc_split_stats(arrays, 0), "test": _arc_split_stats(arrays, 1)}
     build = dict(arc_dir=str(arc_dir), subsets=subsets, test_subset=test_subset, seed=seed,
                  tasks=len(tasks), tasks_with_fewer_copies=int((pool.count < num_aug + 1).sum()),
@@ -174,5 +178,5 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     with atomic_dir(out) as tmp:
         write_arc(tmp, arrays, [(t.id, t.subset) for t in tasks])
         build["seconds"] = round(time.perf_counter() - t0, 3)
-        write_metadata(tmp, {**common, "leaks": leaks}, splits, build)
-    return {**common, "leaks": leaks, "splits": splits, "build": build}
+        write_metadata(tmp, common, splits, build)
+    return {**common, "splits": splits, "build": build}

@@ -16,6 +16,7 @@ from helpers import FIXTURES, OFFICIAL_CASES, tiny_batch, tiny_config, tiny_mode
 from test_data_fixtures import built_sudoku
 
 import evaluate as evaluate_cli
+from data import fingerprint
 from data.pipeline import load_metadata
 from trm import parity
 from trm.checkpoint import Checkpointer
@@ -142,7 +143,7 @@ def save_tiny_checkpoint(root: Path, data_dir: Path, step: int = 7):
                              build_optimizer(cfg.optim, lr), 8, jax.random.key(4), ema=True)
     state = eqx.tree_at(lambda s: s.model.lm_head.weight, state, -2 * state.model.lm_head.weight)
     with Checkpointer(cfg.checkpoint_dir, CheckpointConfig(async_save=False), model_cfg,
-                      cfg) as checkpointer:
+                      cfg, data_fingerprint=fingerprint.read(data_dir)) as checkpointer:
         checkpointer.save(step, state, force=True)
     return Path(cfg.checkpoint_dir), state
 

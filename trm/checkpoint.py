@@ -5,8 +5,9 @@ Each step directory holds three items:
   an array); non-array leaves (activation functions, static config) come back from the
   restore template, so they are never written;
 - `data_iter`: a Grain iterator's position, for an exact resume (optional);
-- `config`: JSON `{"model": ModelConfig fields, "run": RunConfig fields}`. A restore whose
-  requested ModelConfig differs from the stored one is refused, naming the fields.
+- `config`: JSON `{"model": ModelConfig fields, "run": RunConfig fields, "data": the training
+  data set's fingerprint (data/fingerprint.py) or null}`. A restore whose requested
+  ModelConfig differs from the stored one is refused, naming the fields.
 Retention: the `keep_last` most recent steps, plus the best step by `keep_best_metric`.
 """
 
@@ -109,11 +110,13 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike[str], cfg: CheckpointConfig,
-                 model_config: ModelConfig, run_config: RunConfig | None = None) -> None:
+                 model_config: ModelConfig, run_config: RunConfig | None = None,
+                 data_fingerprint: dict[str, Any] | None = None) -> None:
         self.model_config = model_config
         self._run_config = run_config
         self._config_json = {"model": to_json(model_config),
-                             "run": None if run_config is None else to_json(run_config)}
+                             "run": None if run_config is None else to_json(run_config),
+                             "data": data_fingerprint}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
             create=True)
@@ -137,8 +140,9 @@ class Checkpointer:
                                   force=force)
 
     def stored_config(self, step: int | None = None) -> dict[str, Any]:
-        """The `{"model": ..., "run": ...}` JSON saved with `step` (default: latest), model
-        fields in today's names."""
+        """The `{"model": ..., "run": ..., "data": ...}` JSON saved with `step` (default:
+        latest), model fields in today's names; "data" is absent from checkpoints written
+        before fingerprints."""
         step = self._step_or_latest(step)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             config=ocp.args.JsonRestore()))["config"]

@@ -12,6 +12,15 @@ from trm.config import ConfigError, flag_error
 T = TypeVar("T")
 
 
+def warn(lines: list[str]) -> None:
+    """Print each line as `warning: ...` on stderr (once: on the first process)."""
+    import jax  # imported here: keeps this module light for --help
+
+    if jax.process_index() == 0:
+        for line in lines:
+            print(f"warning: {line}", file=sys.stderr)
+
+
 class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data.common import atomic_file
 from trm.arc_eval import ArcVoter, Submission, write_submission
 from trm.config import require
-from trm.eval_source import ModelSource, check_compatible, load_model
+from trm.eval_source import ModelSource, check_compatible, check_data, load_model
 from trm.evaluation import (
     Rollout,
     host_array,
@@ -247,6 +247,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     data_dir = args.data_dir or (run.data.data_dir if run else None)
     if data_dir is None:
         raise ValueError("give --data-dir")
+    check_data(args, loaded, data_dir)
     batch_size = args.batch_size or (run.eval.batch_size or run.optim.global_batch_size
                                      if run else 768)
     tracker = _open_tracker(args, run.tracking.repo if run else ".aim")

@@ -17,7 +17,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from data import fingerprint
 from trm.checkpoint import Checkpointer, to_json
+from trm.cli import warn
 from trm.config import ModelConfig, require
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
@@ -46,6 +48,9 @@ class ModelSource:
     file, when it is an .npz)."""
     halt_max_steps: int | None = None
     """Run this many supervision steps instead of the trained number (None: as trained)."""
+    allow_data_mismatch: bool = False
+    """Evaluate even if the data set's fingerprint differs from the checkpoint's training data
+    (a one-line warning instead of an error)."""
 
     def __post_init__(self) -> None:
         for name in ("step", "halt_max_steps"):
@@ -60,6 +65,8 @@ class LoadedModel:
     """JSON description: where the weights came from, step, which weights, model config."""
     run_config: RunConfig | None = None
     """The training run's config (checkpoints only)."""
+    data_fingerprint: dict[str, Any] | None = None
+    """Fingerprint of the training data set (checkpoints written since fingerprints)."""
 
 
 def dataclass_from_json(cls: type, data: dict[str, Any]) -> Any:
@@ -115,7 +122,7 @@ def restore_checkpoint(directory: str | Path, step: int | None = None, raw_weigh
     weights = "raw" if raw_weights or state.ema is None else "ema"
     model = state.model if weights == "raw" else eval_model(state)
     info = {"checkpoint_dir": str(d), "step": step, "weights": weights}
-    return LoadedModel(model, info, run)
+    return LoadedModel(model, info, run, stored.get("data"))
 
 
 def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -186,6 +193,14 @@ def load_model(source: ModelSource, *, data_metadata: Any | None = None,
         loaded.model = replace_config(loaded.model, cfg)
     loaded.info["model"] = to_json(loaded.model.config)
     return loaded
+
+
+def check_data(source: ModelSource, loaded: LoadedModel, data_dir: str | Path) -> None:
+    """Refuse (DataError, one line) a data set whose fingerprint differs from the checkpoint's
+    training data unless source.allow_data_mismatch; print one warning line per doubt."""
+    warn(fingerprint.check(loaded.data_fingerprint, data_dir,
+                           allow_mismatch=source.allow_data_mismatch,
+                           official=source.official_weights is not None))
 
 
 def check_compatible(config: ModelConfig, metadata: Any) -> None:

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from trm.checkpoint import Checkpointer, average_trees, restore_last
-from trm.cli import RunStopped
+from trm.cli import RunStopped, warn
 from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
@@ -172,6 +172,7 @@ def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -
 
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     """Run (or resume) the training run described by `cfg`."""
+    from data import fingerprint
     from data.pipeline import load_metadata, train_iterator
 
     initialize_distributed(cfg)
@@ -203,8 +204,11 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                seed=cfg.data.seed, num_aug=cfg.data.num_aug,
                                num_workers=cfg.data.num_workers)
 
-    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg)
+    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
+                                data_fingerprint=fingerprint.read(data_dir))
     if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
+        warn(fingerprint.check(checkpointer.stored_config().get("data"), data_dir,
+                               allow_mismatch=cfg.data.allow_mismatch))
         state = checkpointer.restore(state, data_iter=data_iter)
     start = int(state.step)
 

@@ -185,6 +185,9 @@ class DataConfig:
     """Loader worker processes (0: threads in this process)."""
     seed: int = 0
     """Seed of generation, shuffling and augmentation."""
+    allow_mismatch: bool = False
+    """Resume even if data_dir's fingerprint differs from the checkpoint's training data
+    (a one-line warning instead of an error)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.min_clues <= 81, self, "min_clues",

@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float, Int
 from data import validate
 from data.augment import encode_grid
 from data.common import IGNORE_LABEL_ID, MAZE_CHARSET
-from trm.eval_source import ModelSource, load_model
+from trm.eval_source import ModelSource, check_data, load_model
 from trm.evaluation import rollout
 from trm.models import ACTModel
 from trm.render import Kind, cells, changed_cells, draw_strip, strip_panels
@@ -196,6 +196,7 @@ def run_solve(args: SolveArgs) -> Trace:
         data_dir = args.data_dir or (run.data.data_dir if run else None)
         if data_dir is None:
             raise ValueError("ARC puzzles need --data-dir")
+        check_data(args, loaded, data_dir)
         puzzle = arc_puzzle(data_dir, args.arc_task, args.test_index)
     trace = solve(loaded.model, puzzle)
     print(describe(trace))

@@ -1,0 +1,101 @@
+"""Data-set fingerprint: what a model trained on a data set depends on, so that a checkpoint is
+not evaluated or resumed on a data set that reads differently.
+
+`python -m data build` writes it to metadata.json ("fingerprint"); training stores it in every
+checkpoint; `evaluate.py`, `evaluate.py solve` and resume compare the two (`check`).
+
+Fields: the fingerprint version, kind, vocab_size, seq_len, num_puzzle_identifiers and, for
+ARC, the puzzle-identifier map: the builder's seed and num_aug, the number of tasks, a digest of
+the task list (ids and subsets, in order) and a digest of the augmentation pool (copies per
+task, each copy's dihedral transform and colour map). Identifier i means "task t, copy k" only
+for this map. Sudoku and maze identifiers are all blank, so the seed and num_aug there only
+choose training augmentations: evaluating on another Sudoku set is legitimate and not refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.arc import Pool
+from data.common import DataError
+from data.store import read_metadata_json
+
+VERSION = 1
+_SCALARS = ("version", "kind", "vocab_size", "seq_len", "num_puzzle_identifiers")
+
+
+def _digest(*parts: Any) -> str:
+    """First 16 hex digits of the SHA-256 of JSON values or numpy arrays."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.dtype.str, p.shape)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def arc_identifiers(tasks: list[tuple[str, str]], pool: Pool, *, seed: int, num_aug: int
+                    ) -> dict[str, Any]:
+    """The ARC identifier map's part of the fingerprint."""
+    valid = np.arange(pool.dihedral.shape[1])[None, :] < pool.count[:, None]
+    return {"seed": seed, "num_aug": num_aug, "num_tasks": len(tasks),
+            "tasks": _digest([list(t) for t in tasks]),
+            "pool": _digest(pool.count.astype(np.int64), np.where(valid, pool.dihedral, 0),
+                            np.where(valid[..., None], pool.colours, 0))}
+
+
+def make(common: dict[str, Any], identifiers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fingerprint of a data set from its shared metadata fields (+ ARC identifier map)."""
+    return {"version": VERSION, "kind": common["name"],
+            **{k: common[k] for k in _SCALARS[2:]}, **(identifiers or {})}
+
+
+def read(data_dir: str | Path) -> dict[str, Any] | None:
+    """The fingerprint of a built data set; None if it was built before fingerprints."""
+    return read_metadata_json(Path(data_dir)).get("fingerprint")
+
+
+def differences(trained: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """'field: checkpoint X, data set Y' for each field that differs."""
+    keys = list(dict.fromkeys([*trained, *data]))
+    return [f"{k}: checkpoint {trained.get(k)!r}, data set {data.get(k)!r}" for k in keys
+            if trained.get(k) != data.get(k)]
+
+
+def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatch: bool,
+          official: bool = False) -> list[str]:
+    """Compare the fingerprint a model was trained with to data set `data_dir`'s.
+
+    Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
+    weights on a locally built ARC set); raises DataError on a mismatch otherwise.
+    `trained` None: a checkpoint written before fingerprints (or official weights).
+    """
+    data = read(data_dir)
+    kind = read_metadata_json(Path(data_dir)).get("name")
+    if official:
+        line = (f"official weights on the locally built ARC set {data_dir}: its puzzle "
+                "identifiers are not the official ones (task embeddings will not match)")
+        return [line] if kind == "arc" else []
+    if data is None:
+        line = (f"{data_dir} has no fingerprint (built before fingerprints; rebuild it with "
+                "`python -m data build`): not checked against the checkpoint")
+        return [line]
+    if trained is None:
+        line = ("the checkpoint records no data-set fingerprint (written before "
+                f"fingerprints): not checked against {data_dir}")
+        return [line]
+    diffs = differences(trained, data)
+    if not diffs:
+        return []
+    what = f"{data_dir} differs from the checkpoint's training data ({'; '.join(diffs)})"
+    if allow_mismatch:
+        return [f"{what}; proceeding (--allow-data-mismatch)"]
+    raise DataError(f"{what}: rebuild it as the training set was built, or pass "
+                    "--allow-data-mismatch")
