@@ -17,7 +17,7 @@ from data.common import DataError
 from data.pipeline import load_metadata
 from trm.checkpoint import Checkpointer
 from trm.loop import model_config_for, train
-from trm.model import TRM
+from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, parse_cli
 from trm.train_step import init_train_state
