@@ -102,29 +102,32 @@ def maze_tokens(chars: np.ndarray) -> np.ndarray:
     return lut[chars]
 
 
-def maze(questions: list[str], answers: list[str] | None, size: int | None = None
+def maze(questions: list[str], answers: list[str] | None, size: int | None = None,
+         names: tuple[str, str] = ("question", "answer")
          ) -> tuple[UInt8[np.ndarray, "n s"], UInt8[np.ndarray, "n s"] | None]:
     """Square mazes (N*N characters of "# SG") and solutions (the maze with 'o' on the path
     cells) -> tokens 1..5 [n, N*N]. Checks: a square size shared by all, characters, exactly one
     start 'S' and one goal 'G', and that the 'o' cells are exactly one shortest S-G path (without
-    a solution: that G is reachable from S). `size`: the expected N*N (default: the first's)."""
+    a solution: that G is reachable from S). `size`: the expected N*N (default: the first's);
+    `names` call the maze and the solution in messages."""
+    question, answer = names
     if size is None:
         size = len(questions[0]) if questions else 0
     n = round(size ** 0.5)
     if n * n != size or n < 2:
-        raise BadRow(0, f"question length {size} is not a square grid (n*n, n >= 2)")
-    q = to_bytes("question", questions, size, MAZE_QUESTION_CHARS)
+        raise BadRow(0, f"{question} length {size} is not a square grid (n*n, n >= 2)")
+    q = to_bytes(question, questions, size, MAZE_QUESTION_CHARS)
     for ch, name in ((b"S", "start"), (b"G", "goal")):
-        _fail((q == ord(ch)).sum(1) != 1, f"question must have exactly one {name} "
+        _fail((q == ord(ch)).sum(1) != 1, f"{question} must have exactly one {name} "
                                           f"{ch.decode()!r}")
     qt = maze_tokens(q)
     if answers is None:
         dist = bfs((qt != 1).reshape(-1, n, n), (qt == 3).reshape(-1, n, n))[0]
         _fail(dist.reshape(len(q), -1)[qt == 4] < 0, "the goal 'G' is not reachable from 'S'")
         return qt, None
-    a = to_bytes("answer", answers, size, MAZE_CHARSET)
+    a = to_bytes(answer, answers, size, MAZE_CHARSET)
     _fail(((q != a) & ~((q == ord(" ")) & (a == ord("o")))).any(1),
-          "answer differs from the question other than by 'o' on free cells")
+          f"{answer} differs from the {question} other than by 'o' on free cells")
     at = maze_tokens(a)
     for k in range(len(q)):
         if not path_is_shortest(qt[k].reshape(n, n), at[k].reshape(n, n)):

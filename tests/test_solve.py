@@ -143,8 +143,8 @@ def test_cli(checkpoint, tmp_path, capsys):
              "Sudoku solution contradicts a clue of the puzzle"),
             (["--sudoku", QUESTION, "--solution", SOLUTION[:80] + "."],
              "Sudoku solution character '.' at position 80"),
-            (["--maze", str(two_s)], "question must have exactly one start 'S'"),
-            (["--maze", str(no_g)], "question must have exactly one goal 'G'")):
+            (["--maze", str(two_s)], "two_s.txt: maze must have exactly one start 'S'"),
+            (["--maze", str(no_g)], "no_g.txt: maze must have exactly one goal 'G'")):
         assert evaluate_cli.main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err

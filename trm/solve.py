@@ -72,7 +72,8 @@ def maze_puzzle(path: str | Path) -> Puzzle:
         raise ValueError(f"{p}: a maze is N lines of N characters from {MAZE_CHARSET!r}")
     grid = "".join(rows)
     try:
-        q, a = validate.maze([grid.replace("o", " ")], [grid] if "o" in grid else None)
+        q, a = validate.maze([grid.replace("o", " ")], [grid] if "o" in grid else None,
+                             names=("maze", "path"))
     except validate.BadRow as e:
         raise ValueError(f"{p}: {e.problem}") from None
     labels = np.full(n * n, IGNORE_LABEL_ID, np.int32) if a is None else a[0].astype(np.int32)
@@ -182,16 +183,15 @@ class SolveArgs(ModelSource):
 def run_solve(args: SolveArgs) -> Trace:
     if sum(x is not None for x in (args.sudoku, args.maze, args.arc_task)) != 1:
         raise ValueError("give exactly one puzzle: --sudoku, --maze or --arc-task")
+    # the puzzle is checked before the (slow) model load
+    puzzle = (sudoku_puzzle(args.sudoku, args.solution) if args.sudoku is not None else
+              maze_puzzle(args.maze) if args.maze is not None else None)
     meta = None
     if args.official_weights and args.data_dir:
         from data.pipeline import load_metadata
         meta = load_metadata(args.data_dir, "test")
     loaded = load_model(args, data_metadata=meta)
-    if args.sudoku is not None:
-        puzzle = sudoku_puzzle(args.sudoku, args.solution)
-    elif args.maze is not None:
-        puzzle = maze_puzzle(args.maze)
-    else:
+    if puzzle is None:
         run = loaded.run_config
         data_dir = args.data_dir or (run.data.data_dir if run else None)
         if data_dir is None:
