@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from data.storage import as_path, is_url
+
 PAD_ID = 0
 """Token 0 pads inputs; a label 0 is ignored (mapped to IGNORE_LABEL_ID by the pipeline)."""
 IGNORE_LABEL_ID = -100
@@ -66,8 +68,19 @@ def atomic_dir(out: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(out: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `out`; on success it is renamed to `out`."""
+def atomic_file(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `out`; on success it is renamed to `out`.
+
+    `out` may be a URL (`data.storage`): the file is written locally, then uploaded in one
+    piece on success (an object store shows a whole object or none)."""
+    if is_url(out):
+        with tempfile.TemporaryDirectory(prefix="trm-upload-") as d:
+            tmp = Path(d) / as_path(out).name
+            yield tmp
+            dest = as_path(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tmp.read_bytes())
+        return
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)

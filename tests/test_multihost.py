@@ -1,14 +1,19 @@
-"""Slow: two processes x two CPU devices (jax.distributed on loopback) train like one process."""
+"""Slow: two processes x two CPU devices (jax.distributed on loopback) train and evaluate like
+one process with four devices."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_data_fixtures import built_arc, built_sudoku
+from test_evaluate import save_tiny_checkpoint
 
 from data.generate import ensure_tiny_dataset
 
@@ -19,6 +24,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict[str, str]:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                PYTHONPATH=str(ROOT))
+
+
+def two_processes(script: str, args: list[str]) -> list[str]:
+    """stdout of `python script args` run as processes 0 and 1 of a 2 x 2-device job."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, script, *args, "--mesh.distributed",
+         "--mesh.coordinator-address", f"127.0.0.1:{port}", "--mesh.num-processes", "2",
+         "--mesh.process-id", str(i)], cwd=ROOT, env=_env(2), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    return [out for out, _ in outs]
+
+
+def one_process(script: str, args: list[str]) -> str:
+    """stdout of `python script args` on one process with 4 devices."""
+    done = subprocess.run([sys.executable, script, *args, "--mesh.data", "4"], cwd=ROOT,
+                          env=_env(4), text=True, capture_output=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def _args(run: Path, data: Path) -> list[str]:
@@ -36,20 +67,57 @@ def _eval_line(output: str) -> str:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     data = ensure_tiny_dataset("sudoku", tmp_path / "data", train_count=48, test_count=16)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, "train.py", *_args(tmp_path / "multi", data), "--mesh.distributed",
-         "--mesh.coordinator-address", f"127.0.0.1:{port}", "--mesh.num-processes", "2",
-         "--mesh.process-id", str(i)], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for i in (0, 1)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    single = subprocess.run(
-        [sys.executable, "train.py", *_args(tmp_path / "single", data), "--mesh.data", "4"],
-        cwd=ROOT, text=True, capture_output=True, timeout=600,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-    assert single.returncode == 0, single.stderr[-2000:]
-    assert _eval_line(outs[0]) == _eval_line(outs[1]) == _eval_line(single.stdout)
+    outs = two_processes("train.py", _args(tmp_path / "multi", data))
+    single = one_process("train.py", _args(tmp_path / "single", data))
+    assert _eval_line(outs[0]) == _eval_line(outs[1]) == _eval_line(single)
     saved = {p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()}
     assert "6" in saved
+
+
+TIMING = ("seconds", "puzzles_per_s")
+
+
+def _summary(stdout: str) -> str:
+    """The printed results without throughput, gloo's connection lines and output paths."""
+    lines = [re.sub(r"[0-9.]+ puzzles/s", "", line) for line in stdout.splitlines()
+             if not line.startswith(("[Gloo]", "wrote "))]
+    return "\n".join(lines)
+
+
+def _without_timing(doc: dict, out_dir: Path) -> dict:
+    """The results JSON without wall-clock fields, output paths relative to out_dir."""
+    text = json.dumps(doc).replace(str(out_dir), "OUT")
+    doc = json.loads(text)
+    doc.pop("seconds")
+    for s in doc["sets"].values():
+        for k in TIMING:
+            s.pop(k)
+    return doc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sudoku", "arc"])
+def test_evaluation_on_two_processes_matches_one(kind, tmp_path):
+    """Results JSON, per-step plot and ARC submission of 2 processes x 2 devices equal those of
+    1 process x 4 devices; only process 0 prints and writes."""
+    data = (built_sudoku(tmp_path, n_train=16, n_test=20) if kind == "sudoku"
+            else built_arc(tmp_path, num_aug=3))
+    ckpt, _ = save_tiny_checkpoint(tmp_path / "run", data)
+    common = ["--checkpoint-dir", str(ckpt), "--data-dir", str(data), "--no-progress",
+              "--batch-size", "8"]
+    multi = two_processes("evaluate.py", [*common, "--out", str(tmp_path / "multi/res.json")])
+    single = one_process("evaluate.py", [*common, "--out", str(tmp_path / "single/res.json")])
+    printed = [_summary(out) for out in (*multi, single)]
+    assert printed[0] == printed[2] and "exact" in printed[0] and printed[1] == ""
+    files = {d: sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("multi", "single")}
+    expected = ["res.json", "res_per_step.png"] + (["res_submission.json"] if kind == "arc"
+                                                   else [])
+    assert files["multi"] == files["single"] == expected
+    docs = {d: json.loads((tmp_path / d / "res.json").read_text()) for d in files}
+    assert docs["multi"]["devices"] == docs["single"]["devices"] == 4
+    assert (_without_timing(docs["multi"], tmp_path / "multi")
+            == _without_timing(docs["single"], tmp_path / "single"))
+    for name in expected[1:]:
+        assert (tmp_path / "multi" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+    if kind == "arc":
+        assert docs["single"]["sets"]["test"]["arc"]["tasks"] == 2

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,7 +176,7 @@ def _is_grid(grid: Any) -> bool:
                for r in rows)
 
 
-def write_submission(path: str | Path, submission: Submission) -> None:
+def write_submission(path: str | os.PathLike[str], submission: Submission) -> None:
     """Write the submission JSON atomically (a temporary file renamed into place)."""
-    with atomic_file(Path(path)) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(submission))

@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from data.storage import as_path, is_url
 from trm.config import ModelConfig, flag_name, upgrade_model_fields
 from trm.run_config import CheckpointConfig, RunConfig
 
@@ -120,8 +121,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
             create=True)
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                              item_names=_ITEMS)
+        self._manager = ocp.CheckpointManager(
+            as_path(directory if is_url(directory) else os.path.abspath(directory)),
+            options=options, item_names=_ITEMS)
 
     def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None = None,
              metrics: dict[str, float] | None = None, force: bool = False) -> bool:

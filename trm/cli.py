@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import typing
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,13 +28,17 @@ class RunStopped(RuntimeError):
 
 
 def parse_args(cls: type[T], args: list[str], prog: str) -> T:
-    """tyro.cli for a flat dataclass; a ConfigError names the flag (`--batch-size ...`)."""
+    """tyro.cli for a dataclass (fields, and nested dataclasses one level deep); a ConfigError
+    names the flag (`--batch-size ...`, `--mesh.data ...`)."""
     import tyro  # imported here: keeps --help of other tools fast
 
+    hints = typing.get_type_hints(cls)
+    nested = {hints[f.name]: f"{f.name}." for f in dataclasses.fields(cls)
+              if dataclasses.is_dataclass(hints[f.name])}  # e.g. --mesh.data
     try:
         return tyro.cli(cls, args=args, prog=prog)
     except ConfigError as e:
-        raise flag_error(e, {c: "" for c in cls.__mro__}) from None
+        raise flag_error(e, {c: "" for c in cls.__mro__} | nested) from None
 
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from data.common import atomic_file
+from data.storage import as_path, local_copy
 from trm.arc_eval import ArcVoter, Submission, write_submission
 from trm.config import require
 from trm.eval_source import ModelSource, check_compatible, check_data, load_model
@@ -40,9 +41,10 @@ from trm.evaluation import (
     rollout,
     sum_metrics,
 )
-from trm.loop import to_global
+from trm.loop import initialize_distributed, to_global
 from trm.models import ACTModel
 from trm.render import plot_per_step
+from trm.run_config import MeshConfig
 from trm.tracking import Tracker
 from trm.train_step import make_mesh
 
@@ -173,19 +175,22 @@ class EvalArgs(ModelSource):
     """Log the results to a new Aim run (experiment "evaluate")."""
     aim_repo: str | None = None
     """Aim repository (default: the training run's, else .aim)."""
-    devices: int | None = None
-    """Devices on the data-parallel mesh (default: all)."""
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    """Devices and hosts, as in training: --mesh.data N devices; multi-host
+    --mesh.distributed (every host runs the same command and reads its shard of each batch;
+    process 0 prints, writes the outputs and tracks)."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("batch_size", "devices"):
-            value = getattr(self, name)
-            require(value is None or value >= 1, self, name, f"must be >= 1, got {value}")
+        require(self.batch_size is None or self.batch_size >= 1, self, "batch_size",
+                f"must be >= 1, got {self.batch_size}")
 
-    def output_path(self, suffix: str) -> Path:
-        return Path(self.out).with_name(Path(self.out).stem + suffix)
+    def output_path(self, suffix: str) -> str:
+        """<out without .json><suffix>, next to out (a local path or a URL)."""
+        out = as_path(self.out)
+        return str(out.with_name(out.stem + suffix))
 
 
 def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:
@@ -239,8 +244,9 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
-    mesh = make_mesh(args.devices, flag="--devices")
-    meta = (load_metadata(args.data_dir, args.split[0])
+    initialize_distributed(args.mesh)
+    mesh = make_mesh(None if args.mesh.data == -1 else args.mesh.data, flag="--mesh.data")
+    meta = (load_metadata(local_copy(args.data_dir), args.split[0])
             if args.official_weights and args.data_dir else None)
     loaded = load_model(args, data_metadata=meta, sharding=NamedSharding(mesh, P()))
     run = loaded.run_config
@@ -253,7 +259,8 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     tracker = _open_tracker(args, run.tracking.repo if run else ".aim")
     try:
         start = time.perf_counter()
-        results = {split: evaluate_split(loaded.model, data_dir, split, mesh,
+        local = local_copy(data_dir)
+        results = {split: evaluate_split(loaded.model, local, split, mesh,
                                          batch_size=batch_size, progress=args.progress)
                    for split in args.split}
         doc = {"source": loaded.info, "data_dir": str(data_dir), "batch_size": batch_size,
@@ -270,7 +277,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
 
 
 def _write_outputs(args: EvalArgs, doc: dict[str, Any], results: Mapping[str, SetResult]) -> None:
-    plot = Path(args.plot) if args.plot else args.output_path("_per_step.png")
+    plot = args.plot or args.output_path("_per_step.png")
     source = doc["source"]
     title = (f"{source.get('checkpoint_dir') or source.get('official_weights')} "
              f"step {source.get('step', '-')} ({source['weights']})")
@@ -278,12 +285,12 @@ def _write_outputs(args: EvalArgs, doc: dict[str, Any], results: Mapping[str, Se
     doc["plot"] = str(plot)
     arc = {s: r.submission for s, r in results.items() if r.submission is not None}
     for split, submission in arc.items():
-        path = (Path(args.arc_submission) if args.arc_submission and len(arc) == 1 else
+        path = (args.arc_submission if args.arc_submission and len(arc) == 1 else
                 args.output_path(f"_{split}_submission.json" if len(arc) > 1 else
                                  "_submission.json"))
         write_submission(path, submission)
         doc["sets"][split]["submission"] = str(path)
-    with atomic_file(Path(args.out)) as tmp:
+    with atomic_file(args.out) as tmp:
         tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
     print(f"wrote {args.out}, {plot}" + "".join(
         f", {doc['sets'][s]['submission']}" for s in arc))

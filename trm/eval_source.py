@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 
 from data import fingerprint
+from data.storage import as_path
 from trm.checkpoint import Checkpointer, to_json
 from trm.cli import warn
 from trm.config import ModelConfig, require
@@ -91,7 +93,7 @@ def _state_template(model_cfg: ModelConfig, run: RunConfig) -> TrainState:
                             jax.random.key(1), ema=run.optim.ema)
 
 
-def _read_only(directory: Path, model_cfg: ModelConfig) -> Checkpointer:
+def _read_only(directory: str | os.PathLike[str], model_cfg: ModelConfig) -> Checkpointer:
     # a huge keep_last: opening the manager must never make it drop a step
     return Checkpointer(directory, CheckpointConfig(keep_last=2**31 - 1, async_save=False),
                         model_cfg)
@@ -100,7 +102,7 @@ def _read_only(directory: Path, model_cfg: ModelConfig) -> Checkpointer:
 def restore_checkpoint(directory: str | Path, step: int | None = None, raw_weights: bool = False,
                        sharding: jax.sharding.Sharding | None = None) -> LoadedModel:
     """Evaluation weights of a checkpoint written by `trm.loop.train`."""
-    d = Path(directory)
+    d = as_path(directory)  # a local path or a URL (gs://...)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such checkpoint directory")
     with _read_only(d, ModelConfig()) as probe:

@@ -16,15 +16,20 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jaxtyping import Array, Bool, Float, Int
 
+from trm.config import LossType
 from trm.loss import Metrics, loss_head, row_correctness
-from trm.models import ACTModel
+from trm.models import ACTModel, Carry, Outputs
+
+RowMetrics = dict[str, Float[Array, " B"]]
 
 
 class Rollout(eqx.Module):
     """Result of an eval rollout on a batch of B rows over T = halt_max_steps steps."""
 
-    metrics: Metrics
-    """Official metric sums after the last step (rows without labels are not counted)."""
+    metrics: RowMetrics | Metrics
+    """Official metrics after the last step, per row ([B] each; their sums over the rows are
+    the official sums, rows without labels count 0). Summed on the host (`sum_metrics`), so
+    the totals do not depend on how the batch is split over devices and hosts."""
     preds: Int[Array, "B S"]
     """Predicted tokens after the last step."""
     q_halt: Float[Array, "T B"]
@@ -52,10 +57,18 @@ def rollout(model: ACTModel, inputs: Int[Array, "B S"], labels: Int[Array, "B S"
     carry, (outs, exact, preds) = jax.lax.scan(one_step, carry, None,
                                                length=model.config.halt_max_steps)
     last = jax.tree.map(lambda x: x[-1], outs)
-    _, metrics = loss_head(carry, last, model.config.loss_type)
+    metrics = row_metrics(carry, last, model.config.loss_type)
     labelled = (labels != -100).any(-1)
     return Rollout(metrics=metrics, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
                    labelled=labelled, step_preds=preds if keep_step_preds else None)
+
+
+def row_metrics(carry: Carry, outputs: Outputs, loss_type: LossType) -> RowMetrics:
+    """`loss_head`'s metric sums of each row alone: name -> [B]."""
+    def one_row(carry: Carry, outputs: Outputs) -> Metrics:
+        return loss_head(*jax.tree.map(lambda x: x[None], (carry, outputs)), loss_type)[1]
+
+    return jax.vmap(one_row)(carry, outputs)
 
 
 def host_array(x: Array) -> np.ndarray:
@@ -66,9 +79,10 @@ def host_array(x: Array) -> np.ndarray:
 
 
 def sum_metrics(totals: dict[str, float], metrics: Mapping[str, Array]) -> dict[str, float]:
-    """Add one batch's metric sums into running host-side totals."""
+    """Add one batch's metrics (per row, or already summed) into running host-side totals,
+    summed in float64 in row order: the same on every device and host layout."""
     for k, v in metrics.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
+        totals[k] = totals.get(k, 0.0) + float(np.sum(host_array(v), dtype=np.float64))
     return totals
 
 

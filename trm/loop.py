@@ -21,13 +21,14 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from data.storage import as_path, is_url, local_copy
 from trm.checkpoint import Checkpointer, average_trees, restore_last
 from trm.cli import RunStopped, warn
 from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
-from trm.run_config import RunConfig
+from trm.run_config import MeshConfig, RunConfig
 from trm.schedule import total_steps
 from trm.tracking import Tracker
 from trm.train_step import (
@@ -58,9 +59,9 @@ class TrainResult:
     """Last evaluation: set name -> metrics."""
 
 
-def initialize_distributed(cfg: RunConfig) -> None:
-    """jax.distributed.initialize when the run is launched multi-host."""
-    m = cfg.mesh
+def initialize_distributed(m: MeshConfig) -> None:
+    """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
+    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...)."""
     if not m.distributed:
         return
     local = m.coordinator_address is not None and m.coordinator_address.startswith(
@@ -81,10 +82,15 @@ def check_batches(cfg: RunConfig, devices: int) -> None:
 
 
 def prepare_data(cfg: RunConfig) -> Path:
-    """The data directory, generated first when the config asks for a synthetic set."""
+    """The local data directory: generated first when the config asks for a synthetic set, a
+    local copy when data_dir is a URL (`data.storage.local_copy`)."""
     from data.generate import ensure_tiny_dataset
 
     d = cfg.data
+    if is_url(d.data_dir):
+        if d.generate != "none":
+            raise ValueError(f"data.generate writes a local data set, not {d.data_dir}")
+        return local_copy(d.data_dir)
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
@@ -132,7 +138,8 @@ def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh,
         r = evaluate_split(model, data_dir, split, mesh, batch_size=batch_size,
                            arc="arc" in cfg.eval.evaluators)
         if r.submission is not None and jax.process_index() == 0:
-            write_submission(Path(cfg.run_dir) / f"arc_submission_{split}.json", r.submission)
+            write_submission(as_path(cfg.run_dir) / f"arc_submission_{split}.json",
+                             r.submission)
         results[split] = r.flat()
     return results
 
@@ -175,7 +182,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     from data import fingerprint
     from data.pipeline import load_metadata, train_iterator
 
-    initialize_distributed(cfg)
+    initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     check_batches(cfg, mesh.devices.size)
     data_dir = prepare_data(cfg)

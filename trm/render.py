@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -171,7 +172,7 @@ def draw_strip(path: str | Path, kind: Kind, panels: Sequence[Panel],
     return width, height
 
 
-def plot_per_step(path: str | Path, curves: Mapping[str, Mapping[str, Any]],
+def plot_per_step(path: str | os.PathLike[str], curves: Mapping[str, Mapping[str, Any]],
                   title: str = "") -> None:
     """Exact accuracy if every puzzle stopped after step k, per set, with the adaptive
     policy (stop at the first q_halt > 0) as a star at (mean steps, accuracy)."""
@@ -194,6 +195,6 @@ def plot_per_step(path: str | Path, curves: Mapping[str, Mapping[str, Any]],
     _save(fig, path)
 
 
-def _save(fig: Figure, path: str | Path) -> None:
-    with atomic_file(Path(path)) as tmp:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

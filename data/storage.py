@@ -1,0 +1,67 @@
+"""Local paths and URLs: outputs, checkpoints and data sets may live on storage every host
+sees (`gs://bucket/dir`, `s3://...`: whatever `etils.epath`, the path library orbax uses,
+can open; `gs://` needs the `gcsfs` package).
+
+Data sets are read from a local directory: a URL is copied once into a local cache
+(`$TRM_DATA_CACHE`, default `~/.cache/trm/datasets`) and read from there; the copy is
+refreshed when the remote `metadata.json` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from etils import epath
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """True for `scheme://...` (gs://, s3://, ...), False for local paths."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike[str]) -> epath.Path:
+    """A pathlib-like path for a local path or a URL (`Path("gs://b/x")` would lose the //)."""
+    return epath.Path(path)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRM_DATA_CACHE") or Path.home() / ".cache/trm/datasets")
+
+
+def local_copy(path: str | os.PathLike[str]) -> Path:
+    """A local directory with the contents of data set `path` (itself when local)."""
+    if not is_url(path):
+        return Path(path)
+    src = as_path(path)
+    meta = src / "metadata.json"
+    if not meta.exists():
+        raise FileNotFoundError(f"{path}: not a built data set (no metadata.json)")
+    digest = hashlib.sha256(os.fspath(path).rstrip("/").encode()).hexdigest()[:16]
+    dest = cache_root() / f"{src.name}-{digest}"
+    wanted = meta.read_bytes()
+    if (dest / "metadata.json").is_file() and (dest / "metadata.json").read_bytes() == wanted:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        _copy_tree(src, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / "metadata.json").is_file():  # another process on this host won
+            raise
+    return dest
+
+
+def _copy_tree(src: epath.Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_dir():
+            _copy_tree(item, dst / item.name)
+        else:
+            (dst / item.name).write_bytes(item.read_bytes())
