@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from data.storage import is_url
 from sweeps.catalog import PRESET, Experiment, aliases, canonical
 from sweeps.configs import override, tyro_flags
 from sweeps.launch import bash_launch_line, launch_argv
@@ -218,7 +219,8 @@ def _prepare(runs: Sequence[PlannedRun]) -> None:
         if data.generate != "none" and data.data_dir not in data_dirs:
             data_dirs.add(data.data_dir)
             prepare_data(r.config)
-        if tracking.track and tracking.repo not in repos:
+        if tracking.track and tracking.repo not in repos and not is_url(tracking.repo):
+            # a local repository; aim://host:port is a tracking server's
             repos.add(tracking.repo)
             if not Path(tracking.repo, ".aim").is_dir():
                 Path(tracking.repo).mkdir(parents=True, exist_ok=True)

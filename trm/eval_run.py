@@ -45,7 +45,7 @@ from trm.loop import initialize_distributed, to_global
 from trm.models import ACTModel
 from trm.render import plot_per_step
 from trm.run_config import MeshConfig
-from trm.tracking import Tracker
+from trm.tracking import Tracker, open_aim_run
 from trm.train_step import make_mesh
 
 ARC_KEYS = ("valid", "task_index", "test_index", "dihedral", "colour_perm")
@@ -174,7 +174,7 @@ class EvalArgs(ModelSource):
     track: bool = False
     """Log the results to a new Aim run (experiment "evaluate")."""
     aim_repo: str | None = None
-    """Aim repository (default: the training run's, else .aim)."""
+    """Aim repository or aim://host:port server (default: the training run's, else .aim)."""
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     """Devices and hosts, as in training: --mesh.data N devices; multi-host
     --mesh.distributed (every host runs the same command and reads its shard of each batch;
@@ -199,13 +199,12 @@ def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:
     import aim  # only when tracking
 
     repo = args.aim_repo or default_repo
-    options = {"repo": repo, "system_tracking_interval": None, "capture_terminal_logs": False}
     if args.aim_run:
         try:
-            return Tracker(aim.Run(run_hash=args.aim_run, **options))
+            return Tracker(open_aim_run(repo, run_hash=args.aim_run))
         except aim.sdk.errors.MissingRunError:
             raise ValueError(f"no Aim run {args.aim_run} in {repo}") from None
-    run = aim.Run(experiment="evaluate", **options)
+    run = open_aim_run(repo, experiment="evaluate")
     run["hparams"] = {"evaluate": json.loads(json.dumps(dataclasses.asdict(args)))}
     return Tracker(run)
 

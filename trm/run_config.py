@@ -128,7 +128,7 @@ class TrackingConfig:
     track: Annotated[bool, tyro.conf.arg(prefix_name=False)] = True
     """Log to Aim (--no-track disables it)."""
     repo: str = ".aim"
-    """Aim repository directory."""
+    """Aim repository directory, or aim://host:port of an Aim tracking server (`aim server`)."""
     experiment: str | None = None
     """Aim experiment (None: the preset's name)."""
     run_name: str | None = None

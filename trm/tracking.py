@@ -4,7 +4,9 @@ Only process 0 writes. The full RunConfig is stored as the run's `hparams` (nest
 queries read `run.hparams.optim.lr`). Metrics use plain names plus a context
 (`track({"lm_loss": x}, step, {"subset": "train"})`), Aim's way to split train/test curves.
 Browse with `aim up --repo <repo>`; reading runs back from Python needs them indexed first
-(`aim up` does it, or `aim storage --repo <repo> reindex -y`).
+(`aim up` does it, or `aim storage --repo <repo> reindex -y`). The repository may be a remote
+tracking server, `aim://host:port` (`aim server --repo DIR --host HOST --port PORT`): every
+host of a pod logs through it (only process 0 writes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ def run_name(cfg: TrackingConfig) -> str:
     return cfg.run_name or f"{cfg.experiment or 'trm'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
+def open_aim_run(repo: str, **kwargs: Any) -> Any:
+    """A new `aim.Run` in `repo` (a directory or `aim://host:port`), or an existing one with
+    `run_hash=`. An unreachable server is a ValueError naming it."""
+    import aim  # imported lazily: a disabled tracker never loads Aim
+
+    try:
+        return aim.Run(repo=repo, system_tracking_interval=None, capture_terminal_logs=False,
+                       **kwargs)
+    except RuntimeError as e:
+        if repo.startswith("aim://"):
+            raise ValueError(f"cannot reach the Aim server {repo} ({e}); start it with "
+                             f"`aim server --repo DIR --host HOST --port PORT`") from None
+        raise
+
+
 class Tracker:
     """Logs scalars to an Aim run; every method is a no-op when `run` is None."""
 
@@ -43,10 +60,7 @@ class Tracker:
         """Start a run in `cfg.repo` (process 0, `cfg.track` on), else a no-op tracker."""
         if not cfg.track or jax.process_index() != 0:
             return cls(None)
-        import aim  # imported lazily: a disabled tracker never loads Aim
-
-        run = aim.Run(repo=cfg.repo, experiment=cfg.experiment or "trm",
-                      system_tracking_interval=None, capture_terminal_logs=False)
+        run = open_aim_run(cfg.repo, experiment=cfg.experiment or "trm")
         run.name = run_name(cfg)
         for tag in cfg.tags:
             run.add_tag(tag)
