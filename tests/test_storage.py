@@ -140,3 +140,22 @@ def test_evaluation_reads_a_data_url_and_writes_its_outputs_to_a_url(bucket, tmp
     assert doc["plot"] == "gs://bucket/eval/res_per_step.png"
     assert (bucket / "eval/res_per_step.png").read_bytes().startswith(b"\x89PNG")
     assert doc["sets"]["test"]["metrics"]["count"] == 12
+
+
+def test_sweeps_keep_done_markers_at_a_url_root_and_logs_here(bucket, tmp_path, monkeypatch):
+    from sweeps import runner
+    from sweeps.catalog import select
+
+    fake = tmp_path / "train.py"
+    fake.write_text("import sys\nprint('training', sys.argv[-1])\n")
+    monkeypatch.setattr(runner, "TRAIN_PY", fake)
+    monkeypatch.chdir(tmp_path)
+    runs = runner.plan(select("exp05_a"), runner.Settings(root="gs://bucket/study", track=False))
+    assert str(runs[0].run_dir) == "gs://bucket/study/exp05_a"
+    assert [o.status for o in runner.run_all(runs, poll_s=0.05, say=lambda _: None)] == ["done"]
+    assert (bucket / "study/exp05_a/DONE").read_text().strip() == runs[0].command
+    assert "training" in (tmp_path / "runs/sweep-logs/bucket/study/exp05_a/train.log").read_text()
+    again = runner.run_all(runs, poll_s=0.05, say=lambda _: None)
+    assert [o.status for o in again] == ["skipped"]
+    with pytest.raises(ValueError, match="give a local --root"):
+        runner.script(runs, "x")

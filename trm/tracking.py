@@ -61,6 +61,7 @@ class Tracker:
         if not cfg.track or jax.process_index() != 0:
             return cls(None)
         run = open_aim_run(cfg.repo, experiment=cfg.experiment or "trm")
+        print(f"tracking: Aim run {run.hash} in {cfg.repo}", flush=True)
         run.name = run_name(cfg)
         for tag in cfg.tags:
             run.add_tag(tag)
