@@ -252,13 +252,13 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     data_dir = args.data_dir or (run.data.data_dir if run else None)
     if data_dir is None:
         raise ValueError("give --data-dir")
-    check_data(args, loaded, data_dir)
+    local = local_copy(data_dir)  # a URL is read from a local copy
+    check_data(args, loaded, local)
     batch_size = args.batch_size or (run.eval.batch_size or run.optim.global_batch_size
                                      if run else 768)
     tracker = _open_tracker(args, run.tracking.repo if run else ".aim")
     try:
         start = time.perf_counter()
-        local = local_copy(data_dir)
         results = {split: evaluate_split(loaded.model, local, split, mesh,
                                          batch_size=batch_size, progress=args.progress)
                    for split in args.split}
