@@ -70,12 +70,13 @@ def differences(trained: dict[str, Any], data: dict[str, Any]) -> list[str]:
 
 
 def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatch: bool,
-          official: bool = False) -> list[str]:
+          official: bool = False, flag: str = "--allow-data-mismatch") -> list[str]:
     """Compare the fingerprint a model was trained with to data set `data_dir`'s.
 
     Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
-    weights on a locally built ARC set); raises DataError on a mismatch otherwise.
-    `trained` None: a checkpoint written before fingerprints (or official weights).
+    weights on a locally built ARC set); raises DataError on a mismatch otherwise, naming
+    `flag` (the option that sets allow_mismatch). `trained` None: a checkpoint written before
+    fingerprints (or official weights).
     """
     data = read(data_dir)
     kind = read_metadata_json(Path(data_dir)).get("name")
@@ -96,6 +97,5 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
         return []
     what = f"{data_dir} differs from the checkpoint's training data ({'; '.join(diffs)})"
     if allow_mismatch:
-        return [f"{what}; proceeding (--allow-data-mismatch)"]
-    raise DataError(f"{what}: rebuild it as the training set was built, or pass "
-                    "--allow-data-mismatch")
+        return [f"{what}; proceeding ({flag})"]
+    raise DataError(f"{what}: rebuild it as the training set was built, or pass {flag}")

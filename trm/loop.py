@@ -215,7 +215,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                 data_fingerprint=fingerprint.read(data_dir))
     if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
         warn(fingerprint.check(checkpointer.stored_config().get("data"), data_dir,
-                               allow_mismatch=cfg.data.allow_mismatch))
+                               allow_mismatch=cfg.data.allow_mismatch,
+                               flag="--data.allow-mismatch"))
         state = checkpointer.restore(state, data_iter=data_iter)
     start = int(state.step)
 
