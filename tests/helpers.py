@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from trm.config import ModelConfig
 from trm.models import ACTModel, build_model
@@ -44,3 +51,70 @@ def tiny_model(config: ModelConfig, seed: int = 0) -> ACTModel:
         lambda m: (m.puzzle_emb, m.q_head.weight), model,
         (jax.random.normal(k_p, model.puzzle_emb.shape),
          0.1 * jax.random.normal(k_q, model.q_head.weight.shape)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage faults: damaged checkpoints, directories whose writes fail
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def damage_step(step_dir: Path, kind: str) -> None:
+    """Damage one saved step in place: truncate / garble / flip bytes of the largest array
+    file, delete an item or the OCDBT manifest, garble an item's metadata file."""
+    data = _largest_file(step_dir / "state" / "ocdbt.process_0" / "d")
+    if kind == "truncate":
+        os.truncate(data, data.stat().st_size // 2)
+    elif kind == "empty":
+        os.truncate(data, 0)
+    elif kind == "garble":
+        data.write_bytes(np.random.default_rng(0).bytes(data.stat().st_size))
+    elif kind == "flip_bytes":  # still decodes: only the stored checksums catch it
+        raw = bytearray(data.read_bytes())
+        mid = len(raw) // 2
+        raw[mid:mid + 8] = bytes(b ^ 0xFF for b in raw[mid:mid + 8])
+        data.write_bytes(bytes(raw))
+    elif kind.startswith("delete_"):
+        shutil.rmtree(step_dir / kind.removeprefix("delete_"))
+    elif kind == "no_manifest":
+        (step_dir / "state" / "manifest.ocdbt").unlink()
+    elif kind == "garble_state_metadata":
+        (step_dir / "state" / "_METADATA").write_bytes(b"\x95\xff not json")
+    elif kind == "garble_config":
+        (step_dir / "config" / "metadata").write_bytes(b"\xff\xfe not json")
+    elif kind == "garble_data_iter":
+        (step_dir / "data_iter" / "process_0-of-1.json").write_text("{]")
+    else:
+        raise ValueError(kind)
+
+
+DAMAGE = ("truncate", "empty", "garble", "flip_bytes", "delete_state", "delete_data_iter",
+          "delete_config", "no_manifest", "garble_state_metadata", "garble_config",
+          "garble_data_iter")
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Make creating files in `directory` fail (chmod for users, `chattr +i` for root);
+    skips the test where neither works."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        undo = ["chmod", "755", str(directory)]
+    elif subprocess.run(["chattr", "+i", str(directory)], capture_output=True,
+                        check=False).returncode == 0:
+        undo = ["chattr", "-i", str(directory)]
+    else:
+        pytest.skip("cannot make a directory unwritable here (root without chattr)")
+    try:
+        probe = directory / ".probe"
+        try:
+            probe.write_text("x")
+            probe.unlink()
+            pytest.skip("the directory stayed writable")
+        except OSError:
+            pass
+        yield
+    finally:
+        subprocess.run(undo, check=True)

@@ -1,4 +1,9 @@
-"""Checkpointer: exact save/restore of module + optimizer + data iterator, retention, configs."""
+"""Checkpointer: exact save/restore of module + optimizer + data iterator, retention, configs;
+damaged, non-finite and unwritable checkpoints."""
+
+import contextlib
+import shutil
+import time
 
 import equinox as eqx
 import grain
@@ -6,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import DAMAGE, damage_step, unwritable
 
-from trm.checkpoint import Checkpointer, config_differences
+from trm.checkpoint import Checkpointer, SaveFailed, UnusableCheckpoint, config_differences
 from trm.config import ModelConfig
 from trm.optim import adam_atan2
 from trm.run_config import CheckpointConfig, RunConfig
@@ -15,8 +21,8 @@ from trm.run_config import CheckpointConfig, RunConfig
 MODEL_CFG = ModelConfig(hidden_size=32, num_heads=2, L_cycles=2)
 
 
-def _make_state(key):
-    model = eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.gelu, key=key)  # non-array leaves too
+def _make_state(key, width=8):
+    model = eqx.nn.MLP(3, 2, width, 2, activation=jax.nn.gelu, key=key)  # non-array leaves too
     opt = adam_atan2(1e-2, weight_decay=0.1)
     params = eqx.filter(model, eqx.is_array)
     return {"model": model, "opt_state": opt.init(params), "step": jnp.int32(0)}
@@ -123,3 +129,102 @@ def test_restore_with_sharded_template(tmp_path):
         restored = ckpt.restore(state)
     assert restored["table"].sharding == shard
     _assert_trees_equal(restored, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unusable checkpoints and failed saves
+
+
+def _two_steps(directory):
+    """Steps 1 and 2 of a state with arrays of 64 KiB + iterator; returns the state at 1."""
+    states = {1: _train(_make_state(jax.random.key(0), width=128), 1)}
+    states[2] = _train(states[1], 1)
+    it = _data_iter()
+    with Checkpointer(directory, CheckpointConfig(async_save=False), MODEL_CFG,
+                      RunConfig(model=MODEL_CFG)) as ckpt:
+        for step, state in states.items():
+            next(it)
+            ckpt.save(step, state, data_iter=it)
+    return states[1]
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("two_steps")
+    return directory, _two_steps(directory)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_latest_step_falls_back_with_one_notice(two_steps, tmp_path, kind):
+    source, state1 = two_steps
+    shutil.copytree(source, tmp_path / "c")
+    damage_step(tmp_path / "c" / "2", kind)
+    notices = []
+    with Checkpointer(tmp_path / "c", CheckpointConfig(), MODEL_CFG,
+                      RunConfig(model=MODEL_CFG)) as ckpt:
+        template = eqx.filter_eval_shape(_make_state, jax.random.key(1), 128)
+        it = _data_iter()
+        step, restored = ckpt.restore_newest_usable(template, it, notice=notices.append)
+    assert step == 1
+    _assert_trees_equal(restored, state1)
+    np.testing.assert_array_equal(next(it), _batches_after(1))  # step 1's position
+    assert len(notices) == 1 and "checkpoint step 2 is unusable" in notices[0]
+    assert "\n" not in notices[0] and len(notices[0]) < 400
+
+
+def _batches_after(n):
+    it = _data_iter()
+    for _ in range(n):
+        next(it)
+    return next(it)
+
+
+def test_no_usable_step_is_one_error(two_steps, tmp_path):
+    source, _ = two_steps
+    shutil.copytree(source, tmp_path / "c")
+    damage_step(tmp_path / "c" / "2", "flip_bytes")
+    damage_step(tmp_path / "c" / "1", "delete_state")
+    notices = []
+    with (Checkpointer(tmp_path / "c", CheckpointConfig(), MODEL_CFG) as ckpt,
+          pytest.raises(ValueError, match="no usable checkpoint") as e):
+        ckpt.restore_newest_usable(_make_state(jax.random.key(1), 128), notice=notices.append)
+    assert "step 2: 1 array(s) do not match their checksums" in str(e.value)
+    assert "step 1: KeyError" in str(e.value) and "\n" not in str(e.value) and not notices
+
+
+def test_non_finite_step_is_unusable(tmp_path):
+    """A step written non-finite (as older versions could) is skipped like a damaged one."""
+    good = _make_state(jax.random.key(0))
+    bad = jax.tree.map(lambda x: x * jnp.nan if eqx.is_inexact_array(x) else x, good)
+    with Checkpointer(tmp_path, CheckpointConfig(async_save=False), MODEL_CFG) as ckpt:
+        ckpt.save(1, good)
+        ckpt.save(2, bad)
+        with pytest.raises(UnusableCheckpoint, match="non-finite"):
+            ckpt.restore(good, step=2)
+        step, restored = ckpt.restore_newest_usable(good, notice=lambda _: None)
+        assert step == 1
+        ckpt.set_aside([2])
+        assert ckpt.all_steps() == [1] and (tmp_path / "unusable" / "2").is_dir()
+        ckpt.save(2, good)  # the step number is free again
+        assert ckpt.all_steps() == [1, 2]
+    _assert_trees_equal(restored, good)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_failed_save_raises_one_line_and_keeps_the_good_steps(tmp_path, async_save):
+    state = _make_state(jax.random.key(0))
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(async_save=async_save), MODEL_CFG)
+    ckpt.save(1, state)
+    ckpt.wait_until_finished()
+    start = time.perf_counter()
+    with unwritable(tmp_path), pytest.raises(SaveFailed) as e:
+        ckpt.save(2, state)
+        ckpt.close()
+    assert time.perf_counter() - start < 30
+    assert "writing" in str(e.value) and str(tmp_path) in str(e.value)
+    assert "\n" not in str(e.value)
+    with contextlib.suppress(SaveFailed):
+        ckpt.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["1"]
+    with Checkpointer(tmp_path, CheckpointConfig(), MODEL_CFG) as again:
+        _assert_trees_equal(again.restore(state), state)

@@ -5,6 +5,7 @@ the official fixtures' metrics through our evaluation path, the command line on 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import equinox as eqx
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FIXTURES, OFFICIAL_CASES, tiny_batch, tiny_config, tiny_model
+from helpers import FIXTURES, OFFICIAL_CASES, damage_step, tiny_batch, tiny_config, tiny_model
 from test_data_fixtures import built_sudoku
 
 import evaluate as evaluate_cli
@@ -226,3 +227,24 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and message in err and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["truncate", "flip_bytes", "delete_state", "garble_config"])
+def test_damaged_latest_step_falls_back_then_one_error(checkpoint, tmp_path, capsys, kind):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[0], ckpt)
+    shutil.copytree(ckpt / "7", ckpt / "9")  # a newer step with the same content
+    damage_step(ckpt / "9", kind)
+    out = tmp_path / "res.json"
+    args = ["--checkpoint-dir", str(ckpt), "--no-progress", "--out", str(out)]
+    assert evaluate_cli.main(args) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(notices) == 1 and notices[0].startswith("notice: checkpoint step 9 is unusable")
+    assert json.loads(out.read_text())["source"]["step"] == 7
+    assert evaluate_cli.main([*args, "--step", "9"]) == 2  # asked for by name: no fallback
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint step 9 is unusable") and "\n" not in err
+    damage_step(ckpt / "7", "delete_state")
+    assert evaluate_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no usable checkpoint in") and "\n" not in err

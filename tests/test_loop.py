@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import damage_step, unwritable
 
 import train as train_cli
-from trm.loop import NonFiniteLossError, train
+from trm import loop
+from trm.loop import train
 from trm.run_config import parse_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +79,26 @@ def test_resume_after_sigkill(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, capsys):
-    args = tiny_args(tmp_path / "run", data_dir)
-    train(parse_cli(args + ["--max-steps", "2"]), progress=False)
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, data_dir):
+    """A run directory with checkpoints at steps 1 and 2 (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("two_steps") / "run"
+    train(parse_cli(tiny_args(run, data_dir, "--checkpoint.every-n-steps", "1",
+                              "--max-steps", "2")), progress=False)
+    return run
+
+
+def copy_run(run: Path, tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+    shutil.copytree(run, tmp_path / "run")
+    return tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1", *extra)
+
+
+def saved_steps(run: Path) -> list[int]:
+    return sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, two_step_run, capsys):
+    args = copy_run(two_step_run, tmp_path, data_dir)
     code = train_cli.main(args + ["--max-steps", "3", "--model.hidden-size", "64"])
     err = capsys.readouterr().err
     assert code == 2 and "--model.hidden-size stored 32, requested 64" in err
@@ -90,15 +110,57 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, capsys):
         assert len(err) == 1 and err[0].startswith("error:") and setting in err[0]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
-    args = tiny_args(tmp_path / "nan", data_dir, "--checkpoint.every-n-steps", "2")
-    train(parse_cli(args + ["--max-steps", "2"]), progress=False)
-    # step 3 updates with lr 1e30 from good weights; the loss of step 4 is the first NaN
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4"):
-        train(parse_cli(args + ["--max-steps", "6", "--optim.lr", "1e30"]), progress=False)
-    steps = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir()
-                   if p.name.isdigit())
-    assert steps == [2]
+def test_blow_up_leaves_only_finite_checkpoints_and_resumes_from_them(tmp_path, data_dir,
+                                                                     two_step_run, capsys):
+    """Issue 10 items 1 and 7: the state after step 3 overflows (lr and weight decay 1e20),
+    saved every step; it is never written, and a rerun continues from step 2."""
+    args = copy_run(two_step_run, tmp_path, data_dir)
+    code = train_cli.main(args + ["--max-steps", "6", "--optim.lr", "1e20",
+                                  "--optim.weight-decay", "1e20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("stopped: non-finite weights")
+    assert "after step 3" in err[0] and "the last good checkpoint, step 2" in err[0]
+    assert saved_steps(tmp_path / "run") == [1, 2]
+    resumed = train(parse_cli(args + ["--max-steps", "3"]), progress=False)
+    assert resumed.steps == 3 and saved_steps(tmp_path / "run") == [2, 3]
+    assert all(np.isfinite(x).all() for x in leaves(resumed.state))
+
+
+def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_run, capsys):
+    args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")
+    damage_step(tmp_path / "run" / "checkpoints" / "2", "truncate")
+    assert train_cli.main(args) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(err) == 1 and err[0].startswith("notice: checkpoint step 2 is unusable")
+    assert "using step 1" in err[0] and "set aside" in err[0]
+    assert saved_steps(tmp_path / "run") == [2, 3]  # 1 + two new steps, keep_last 2
+    assert (tmp_path / "run" / "checkpoints" / "unusable" / "2").is_dir()
+    for step in (2, 3):
+        damage_step(tmp_path / "run" / "checkpoints" / str(step), "delete_state")
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no usable checkpoint in")
+
+
+def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, capsys,
+                                              monkeypatch):
+    args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "4")
+    ckpt = tmp_path / "run" / "checkpoints"
+    (tmp_path / "ro").mkdir()
+    with unwritable(ckpt), unwritable(tmp_path / "ro"):
+        start = time.perf_counter()
+        new_run = tiny_args(tmp_path / "ro" / "run", data_dir)
+        for argv in (new_run, args):  # a new run, a resume
+            assert train_cli.main(argv) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: cannot write to")
+        assert time.perf_counter() - start < 30
+        # writes that start failing after the check: the next save stops the run
+        monkeypatch.setattr(loop, "check_writable", lambda _: None)
+        assert train_cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: writing checkpoint step 3 to")
+    assert saved_steps(tmp_path / "run") == [1, 2]
 
 
 @pytest.mark.parametrize("flags,message", [

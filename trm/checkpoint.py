@@ -6,30 +6,64 @@ Each step directory holds three items:
   restore template, so they are never written;
 - `data_iter`: a Grain iterator's position, for an exact resume (optional);
 - `config`: JSON `{"model": ModelConfig fields, "run": RunConfig fields, "data": the training
-  data set's fingerprint (data/fingerprint.py) or null}`. A restore whose requested
-  ModelConfig differs from the stored one is refused, naming the fields.
+  data set's fingerprint (data/fingerprint.py) or null, "digests": ...}`. A restore whose
+  requested ModelConfig (or state-shaping run setting) differs from the stored one is refused,
+  naming the flags; `digests` (`trm.integrity`) are checked after a restore.
 Retention: the `keep_last` most recent steps, plus the best step by `keep_best_metric`.
+
+A step that cannot be read, does not match its digests or holds non-finite numbers raises
+`UnusableCheckpoint`; `restore_newest_usable` then falls back to the newest usable step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import math
 import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import equinox as eqx
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from data.storage import as_path, is_url
+from trm.cli import RunFailed
 from trm.config import ModelConfig, flag_name, upgrade_model_fields
+from trm.integrity import all_finite, digest_mismatches, digests
 from trm.run_config import CheckpointConfig, RunConfig
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+# Orbax logs a failed background write with its traceback before `Checkpointer` re-raises it
+# as one SaveFailed line; its abandoned coroutines warn at exit. Both are noise here.
+logging.getLogger("absl").addFilter(
+    lambda r: not (r.levelno >= logging.ERROR and "orbax" in r.pathname))
+warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                        category=RuntimeWarning)
+
+
+def _drop_closed_loop_callbacks(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """sys.excepthook without the 'Event loop is closed' tracebacks that tensorstore's
+    callback threads print when a failed write has already ended orbax's event loop."""
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            hook(kind, value, tb)
+    return excepthook
+
+
+sys.excepthook = _drop_closed_loop_callbacks(sys.excepthook)
 _ITEMS = ("state", "data_iter", "config")
 
 
@@ -103,6 +137,70 @@ def _preservation(cfg: CheckpointConfig) -> policies.LatestN | policies.AnyPrese
     return policies.AnyPreservationPolicy([latest, best])
 
 
+class UnusableCheckpoint(ValueError):
+    """A saved step that cannot be read, fails its checksums or holds non-finite numbers."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"checkpoint step {step} is unusable: {reason}")
+        self.step, self.reason = step, reason
+
+
+class SaveFailed(RunFailed):
+    """Writing a checkpoint failed (read-only or full storage, ...)."""
+
+
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """One line from any exception: the type and first message line of its root cause, cut."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def newest_usable(steps: list[int], load: Callable[[int], R], directory: str,
+                  notice: Callable[[str], None]) -> tuple[int, R]:
+    """(step, load(step)) for the newest of `steps` (ascending) that `load` reads without
+    UnusableCheckpoint, after one `notice` line per newer step skipped. Raises ValueError
+    naming every step's fault when none is usable, FileNotFoundError when `steps` is empty."""
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    skipped: list[UnusableCheckpoint] = []
+    for step in reversed(steps):
+        try:
+            result = load(step)
+        except UnusableCheckpoint as e:
+            skipped.append(e)
+            continue
+        for e in skipped:
+            notice(f"notice: {e} ({directory}); using step {step}")
+        return step, result
+    raise ValueError(f"no usable checkpoint in {directory}: "
+                     + "; ".join(f"step {e.step}: {e.reason}" for e in skipped))
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success() -> Iterator[None]:
+    """Capture file descriptor 2 (orbax/tensorstore print tracebacks of a failed read from
+    their threads); replay it if the block succeeds, drop it if it raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            gc.collect()  # coroutines of a failed read report themselves when collected
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+
+
 class Checkpointer:
     """Save/restore (state, data iterator, configs) by step under one directory.
 
@@ -115,12 +213,16 @@ class Checkpointer:
                  data_fingerprint: dict[str, Any] | None = None) -> None:
         self.model_config = model_config
         self._run_config = run_config
+        self._writing: int | None = None  # the last step handed to the manager
         self._config_json = {"model": to_json(model_config),
                              "run": None if run_config is None else to_json(run_config),
                              "data": data_fingerprint}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
-            create=True)
+            create=True,
+            # an unwritable directory then fails in `save` itself: created in a background
+            # thread, its failure left the next save waiting for a signal for minutes
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         self._manager = ocp.CheckpointManager(
             as_path(directory if is_url(directory) else os.path.abspath(directory)),
             options=options, item_names=_ITEMS)
@@ -130,26 +232,51 @@ class Checkpointer:
         """Write `state`'s arrays (+ iterator position, configs) as `step`; True if saved.
 
         `metrics` (plain floats, e.g. {"test/exact_accuracy": 0.8}) rank the best step.
+        Raises SaveFailed (with the cause in one line) when the write fails; an async write
+        that fails is reported by the next `save`, `wait_until_finished` or `close`.
         """
+        arrays = eqx.filter(state, eqx.is_array)
         items: dict[str, Any] = {
-            "state": ocp.args.StandardSave(eqx.filter(state, eqx.is_array)),
-            "config": ocp.args.JsonSave(self._config_json)}
+            "state": ocp.args.StandardSave(arrays),
+            "config": ocp.args.JsonSave(self._config_json | {"digests": digests(arrays)})}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
-        return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                  force=force)
+        self.wait_until_finished()  # orbax waits for the previous write anyway
+        with self._save_errors(step):
+            saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                       force=force)
+        self._writing = step
+        return saved
+
+    def check_for_errors(self) -> None:
+        """Raise SaveFailed if a background write has failed (cheap: call it every step)."""
+        with self._save_errors(self._writing):
+            self._manager.check_for_errors()
+
+    @contextlib.contextmanager
+    def _save_errors(self, step: int | None) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:  # orbax and tensorstore raise many kinds
+            what = "a checkpoint" if step is None else f"checkpoint step {step}"
+            raise SaveFailed(f"writing {what} to {self.directory} failed: "
+                             f"{short_reason(e)}") from e
 
     def stored_config(self, step: int | None = None) -> dict[str, Any]:
         """The `{"model": ..., "run": ..., "data": ...}` JSON saved with `step` (default:
         latest), model fields in today's names; "data" is absent from checkpoints written
-        before fingerprints."""
+        before fingerprints. Raises UnusableCheckpoint when it cannot be read."""
         step = self._step_or_latest(step)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))["config"]
-        if "model" in restored:
-            restored = {**restored, "model": upgrade_model_fields(restored["model"])}
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore()))["config"]
+        except Exception as e:  # orbax and tensorstore raise many kinds
+            raise UnusableCheckpoint(step, f"config: {short_reason(e)}") from e
+        if not isinstance(restored, dict) or not isinstance(restored.get("model"), dict):
+            raise UnusableCheckpoint(step, "config: not a {model, run} mapping")
+        restored = {**restored, "model": upgrade_model_fields(restored["model"])}
         return restored
 
     def restore(self, template: T, step: int | None = None,
@@ -159,7 +286,9 @@ class Checkpointer:
 
         `template`: a concrete state or `eqx.filter_eval_shape(make_state, ...)`; its
         non-array leaves are reused. `data_iter`, if given, is moved to the saved position in
-        place. Raises ValueError if the stored model config differs from this one's.
+        place. Raises ValueError if the stored model config or a state-shaping run setting
+        differs from this one's, UnusableCheckpoint if the step cannot be read, fails its
+        digests or holds a non-finite number.
         """
         step = self._step_or_latest(step)
         stored = self.stored_config(step)
@@ -173,9 +302,40 @@ class Checkpointer:
             "state": ocp.args.StandardRestore(abstract_arrays(template, sharding))}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return eqx.combine(restored["state"], eqx.filter(template, _is_array_like,
-                                                         inverse=True))
+        try:
+            with _stderr_kept_on_success():
+                arrays = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        except Exception as e:  # orbax and tensorstore raise many kinds
+            raise UnusableCheckpoint(step, short_reason(e)) from e
+        damaged = digest_mismatches(stored["digests"], arrays) if "digests" in stored else []
+        if damaged:
+            raise UnusableCheckpoint(step, f"{len(damaged)} array(s) do not match their "
+                                           f"checksums ({', '.join(damaged[:3])})")
+        if not bool(all_finite(arrays)):
+            raise UnusableCheckpoint(step, "it holds non-finite numbers (NaN/Inf)")
+        return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
+
+    def restore_newest_usable(self, template: T, data_iter: grain.DatasetIterator | None = None,
+                              sharding: jax.sharding.Sharding | None = None,
+                              notice: Callable[[str], None] = print) -> tuple[int, T]:
+        """(step, state) of the newest step that `restore` accepts (see `newest_usable`)."""
+        return newest_usable(self.all_steps(), lambda step: self.restore(
+            template, step=step, data_iter=data_iter, sharding=sharding), self.directory, notice)
+
+    def set_aside(self, steps: list[int]) -> None:
+        """Move `steps` to <directory>/unusable/<step> (kept for inspection; out of the
+        manager's sight, so retention and new saves ignore them). Process 0 moves them."""
+        if steps and jax.process_index() == 0:
+            aside = as_path(self.directory) / "unusable"
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = aside / str(step)
+                if target.exists():
+                    target = aside / f"{step}-{len(list(aside.iterdir()))}"
+                (as_path(self.directory) / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("trm checkpoint set_aside")
+        self._manager.reload()
 
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
@@ -196,12 +356,16 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def wait_until_finished(self) -> None:
-        self._manager.wait_until_finished()
+        """Block until pending writes are done; SaveFailed if one failed."""
+        with self._save_errors(self._writing):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finish pending writes and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish pending writes and release the manager; SaveFailed if a write failed."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:  # noqa: PYI034 (beartype cannot check Self)
         return self

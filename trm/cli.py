@@ -27,6 +27,11 @@ class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
 
 
+class RunFailed(RuntimeError):
+    """The environment failed the run (e.g. a checkpoint could not be written): one
+    `error:` line, exit status 1."""
+
+
 def parse_args(cls: type[T], args: list[str], prog: str) -> T:
     """tyro.cli for a dataclass (fields, and nested dataclasses one level deep); a ConfigError
     names the flag (`--batch-size ...`, `--mesh.data ...`)."""
@@ -43,7 +48,7 @@ def parse_args(cls: type[T], args: list[str], prog: str) -> T:
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
-    a deliberate stop (RunStopped) exits 1."""
+    a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1."""
     try:
         main(argv)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
@@ -51,6 +56,9 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
         return 2
     except RunStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
+        return 1
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

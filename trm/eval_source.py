@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ import numpy as np
 
 from data import fingerprint
 from data.storage import as_path
-from trm.checkpoint import Checkpointer, to_json
+from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable, to_json
 from trm.cli import warn
-from trm.config import ModelConfig, require
+from trm.config import ConfigError, ModelConfig, require
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
 from trm.optim import build_optimizer, build_schedules
@@ -99,32 +100,51 @@ def _read_only(directory: str | os.PathLike[str], model_cfg: ModelConfig) -> Che
                         model_cfg)
 
 
+def _restore_step(d: Any, step: int, sharding: jax.sharding.Sharding | None,
+                  ) -> tuple[TrainState, RunConfig, dict[str, Any] | None]:
+    """The train state, run config and data fingerprint of one step; UnusableCheckpoint if
+    it is damaged."""
+    with _read_only(d, ModelConfig()) as probe:
+        stored = probe.stored_config(step)
+    if not stored.get("run"):
+        raise ValueError(f"{d}: step {step} has no run config (not written by train.py)")
+    try:
+        model_cfg = dataclass_from_json(ModelConfig, stored["model"])
+        run = dataclass_from_json(RunConfig, stored["run"])
+    except (TypeError, ConfigError) as e:
+        raise UnusableCheckpoint(step, f"config: {e}") from None
+    template = eqx.filter_eval_shape(_state_template, model_cfg, run)
+    with _read_only(d, model_cfg) as checkpointer:
+        state = checkpointer.restore(template, step=step, sharding=sharding)
+    return state, run, stored.get("data")
+
+
 def restore_checkpoint(directory: str | Path, step: int | None = None, raw_weights: bool = False,
                        sharding: jax.sharding.Sharding | None = None) -> LoadedModel:
-    """Evaluation weights of a checkpoint written by `trm.loop.train`."""
+    """Evaluation weights of a checkpoint written by `trm.loop.train`: `step`, or the newest
+    usable one (each damaged or non-finite newer step skipped with one notice line on
+    stderr). Raises ValueError when the step, or every step, is unusable.
+    """
     d = as_path(directory)  # a local path or a URL (gs://...)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such checkpoint directory")
     with _read_only(d, ModelConfig()) as probe:
         steps = probe.all_steps()
-        if not steps:
-            hint = " (did you mean its checkpoints/ folder?)" if (d / "checkpoints").is_dir() else ""
-            raise FileNotFoundError(f"{d}: no checkpoint steps in this directory{hint}")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise ValueError(f"{d}: no step {step} (steps kept: {', '.join(map(str, steps))})")
-        stored = probe.stored_config(step)
-    if not stored.get("run"):
-        raise ValueError(f"{d}: step {step} has no run config (not written by train.py)")
-    model_cfg = dataclass_from_json(ModelConfig, stored["model"])
-    run = dataclass_from_json(RunConfig, stored["run"])
-    template = eqx.filter_eval_shape(_state_template, model_cfg, run)
-    with _read_only(d, model_cfg) as checkpointer:
-        state = checkpointer.restore(template, step=step, sharding=sharding)
+    if not steps:
+        hint = " (did you mean its checkpoints/ folder?)" if (d / "checkpoints").is_dir() else ""
+        raise FileNotFoundError(f"{d}: no checkpoint steps in this directory{hint}")
+    if step is not None and step not in steps:
+        raise ValueError(f"{d}: no step {step} (steps kept: {', '.join(map(str, steps))})")
+    if step is not None:
+        state, run, data = _restore_step(d, step, sharding)
+    else:
+        step, (state, run, data) = newest_usable(
+            steps, lambda s: _restore_step(d, s, sharding), str(d),
+            notice=lambda line: print(line, file=sys.stderr))
     weights = "raw" if raw_weights or state.ema is None else "ema"
     model = state.model if weights == "raw" else eval_model(state)
     info = {"checkpoint_dir": str(d), "step": step, "weights": weights}
-    return LoadedModel(model, info, run, stored.get("data"))
+    return LoadedModel(model, info, run, data)
 
 
 def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:

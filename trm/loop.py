@@ -2,14 +2,23 @@
 
 `train(cfg)` is what `python train.py` runs. Host metrics are fetched one step late (step N
 is dispatched before step N-1's metrics are read), so there is no per-step device sync beyond
-one step in flight. A non-finite loss stops the run with a clear message; the last good
-checkpoint is kept.
+one step in flight.
+
+Faults: the run and checkpoint directories must be writable, with room for checkpoints,
+before anything is built. A non-finite loss, or a step whose new state (network, EMA,
+optimiser moments, puzzle table) is not finite, stops the run before that state is saved, so
+every checkpoint on disk is finite. A resume skips unusable checkpoints (unreadable, failing
+their checksums, non-finite) with one notice line each and sets them aside. A failed save
+stops the run with one `error:` line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +31,8 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from data.storage import as_path, is_url, local_copy
-from trm.checkpoint import Checkpointer, average_trees, restore_last
-from trm.cli import RunStopped, warn
+from trm.checkpoint import Checkpointer, average_trees, restore_last, short_reason
+from trm.cli import RunFailed, RunStopped, warn
 from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
@@ -45,7 +54,7 @@ from trm.train_step import (
 
 
 class NonFiniteLossError(RunStopped):
-    """Training produced a NaN/Inf loss."""
+    """Training produced a NaN/Inf loss or a non-finite state."""
 
 
 @dataclasses.dataclass
@@ -79,6 +88,51 @@ def check_batches(cfg: RunConfig, devices: int) -> None:
         if batch is not None and batch % devices:
             raise ConfigError(f"{flag} {batch} is not a multiple of the {devices} devices "
                               f"(--mesh.data)")
+
+
+def check_writable(directory: str) -> None:
+    """Create `directory` and write and remove a probe file in it; RunFailed if that fails."""
+    d = as_path(directory)
+    probe = d / f".trm-write-probe-{jax.process_index()}"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as e:
+        raise RunFailed(f"cannot write to {directory}: {short_reason(e)}") from None
+
+
+def check_free_space(directory: str, checkpoint_bytes: int) -> None:
+    """RunFailed unless a local `directory` has room for two checkpoints (the one being
+    written next to those kept). Remote paths (gs://...) are not checked."""
+    if is_url(directory):
+        return
+    free, need = shutil.disk_usage(directory).free, 2 * checkpoint_bytes
+    if free < need:
+        raise RunFailed(f"{directory}: {free / 2**20:.1f} MiB free, checkpoints of this run "
+                        f"need about {need / 2**20:.1f} MiB (two of "
+                        f"{checkpoint_bytes / 2**20:.1f} MiB)")
+
+
+def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any,
+           ) -> tuple[int, TrainState]:
+    """(step, state) of the newest usable checkpoint; the unusable newer ones get one notice
+    line each and are set aside under <dir>/unusable. ValueError when none is usable."""
+    def notice(line: str) -> None:
+        if jax.process_index() == 0:
+            print(f"{line}; set aside in {checkpointer.directory}/unusable", file=sys.stderr)
+
+    step, state = checkpointer.restore_newest_usable(state, data_iter, notice=notice)
+    checkpointer.set_aside([s for s in checkpointer.all_steps() if s > step])
+    return step, state
+
+
+def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
+    checkpointer.wait_until_finished()
+    steps = checkpointer.all_steps()
+    kept = (f"the last good checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
+            if steps else "no checkpoint was saved")
+    return f"{error}; stopping before saving it, {kept}"
 
 
 def prepare_data(cfg: RunConfig) -> Path:
@@ -147,13 +201,16 @@ def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh,
 def _fetch(pending: tuple[int, Any] | None, global_batch: int) -> tuple[int, dict[str, float]]:
     step, sums = pending
     sums = jax.device_get(sums)
+    state_finite = bool(sums.pop("state_finite", True))
     raw = {k: float(sums.pop(k)) for k in ("lr", "exploration_prob") if k in sums}
     metrics = normalize_metrics(sums, global_batch) | raw
     if not math.isfinite(metrics["lm_loss"]) or not math.isfinite(metrics["q_halt_loss"]):
         raise NonFiniteLossError(f"non-finite loss at step {step} "
                                  f"(lm_loss={metrics['lm_loss']}, "
-                                 f"q_halt_loss={metrics['q_halt_loss']}); stopping, the last "
-                                 f"good checkpoint is kept")
+                                 f"q_halt_loss={metrics['q_halt_loss']})")
+    if not state_finite:
+        raise NonFiniteLossError(f"non-finite weights or optimiser moments after step {step} "
+                                 f"(lm_loss={metrics['lm_loss']:.4g})")
     return step, metrics
 
 
@@ -185,6 +242,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     check_batches(cfg, mesh.devices.size)
+    for directory in dict.fromkeys((cfg.run_dir, cfg.checkpoint_dir)):
+        check_writable(directory)
     data_dir = prepare_data(cfg)
     metadata = load_metadata(data_dir)
     model_cfg = model_config_for(cfg.model, metadata)
@@ -205,7 +264,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                 o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
 
     # built under jit straight into its global shardings (works across hosts)
-    shardings = state_shardings(eqx.filter_eval_shape(make_state), mesh)
+    shapes = eqx.filter_eval_shape(make_state)
+    check_free_space(cfg.checkpoint_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+        shapes) if isinstance(x, jax.ShapeDtypeStruct)))
+    shardings = state_shardings(shapes, mesh)
     state = jax.jit(make_state, out_shardings=shardings)()
     data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,
                                seed=cfg.data.seed, num_aug=cfg.data.num_aug,
@@ -213,11 +275,11 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
 
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
                                 data_fingerprint=fingerprint.read(data_dir))
-    if cfg.checkpoint.resume and checkpointer.latest_step() is not None:
-        warn(fingerprint.check(checkpointer.stored_config().get("data"), data_dir,
+    if cfg.checkpoint.resume and checkpointer.all_steps():
+        step, state = resume(checkpointer, state, data_iter)
+        warn(fingerprint.check(checkpointer.stored_config(step).get("data"), data_dir,
                                allow_mismatch=cfg.data.allow_mismatch,
                                flag="--data.allow-mismatch"))
-        state = checkpointer.restore(state, data_iter=data_iter)
     start = int(state.step)
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
@@ -246,6 +308,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                 phase_now = phase_cfg
             batch = to_global(next(data_iter), mesh)
             state, sums = step_fn(state, batch)
+            checkpointer.check_for_errors()  # a failed async save stops the run now
             if pending is not None:
                 _record(pending, o.global_batch_size, history, tracker, bar, tick)
                 tick = time.perf_counter()
@@ -265,9 +328,17 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                 checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
         if pending is not None:
             _record(pending, o.global_batch_size, history, tracker, bar, tick)
+        checkpointer.close()
+    except NonFiniteLossError as e:
+        message = _stop_message(e, checkpointer)
+        checkpointer.close()
+        raise NonFiniteLossError(message) from None
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            checkpointer.close()
+        raise
     finally:
         bar.close()
-        checkpointer.close()
         tracker.close()
     return TrainResult(state=state, steps=int(state.step), train_metrics=history,
                        eval_metrics=evals)

@@ -11,6 +11,7 @@
     puzzle table <- sign_sgd_rows(table, ids, rows')   # on global arrays
     network      <- optimizer.update(grads)            # AdamATan2 / AdamW / Lion
     ema          <- ema_update(ema, network)
+    state_finite  = all(isfinite(network, EMA, optimiser moments, puzzle table))
 
 Batches and the carry are sharded on their batch axis, parameters replicated. The random
 numbers of a step (halting exploration) are drawn for the global batch from
@@ -30,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from trm.config import ConfigError
+from trm.integrity import all_finite
 from trm.loss import Metrics, step_loss
 from trm.models import ACTModel, Carry, network_filter
 from trm.optim import ema_init, ema_update, sign_sgd_rows
@@ -184,7 +186,10 @@ def make_train_step(*, mesh: Mesh, optimizer: optax.GradientTransformation,
             puzzle_weight_decay=puzzle_weight_decay)
         ema = None if state.ema is None else ema_update(state.ema, network_params(model),
                                                          ema_rate)
-        metrics = dict(metrics, lr=lr_schedule(state.step))
+        # one boolean: whether the new state can be saved (the loop stops before saving one
+        # that is not); the loss of this step was computed from the previous weights
+        metrics = dict(metrics, lr=lr_schedule(state.step),
+                       state_finite=all_finite((model, ema, opt_state)))
         if prob is not None:
             metrics["exploration_prob"] = prob
         new_state = TrainState(step=state.step + 1, model=model, ema=ema, opt_state=opt_state,
