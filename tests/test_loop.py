@@ -83,14 +83,25 @@ def test_resume_after_sigkill(tmp_path, data_dir):
 def two_step_run(tmp_path_factory, data_dir):
     """A run directory with checkpoints at steps 1 and 2 (copy it before changing it)."""
     run = tmp_path_factory.mktemp("two_steps") / "run"
-    train(parse_cli(tiny_args(run, data_dir, "--checkpoint.every-n-steps", "1",
-                              "--max-steps", "2")), progress=False)
+    train(parse_cli(two_step_args(run, data_dir, "--max-steps", "2")), progress=False)
     return run
+
+
+def two_step_args(run: Path, data_dir: Path, *extra: str) -> list[str]:
+    """Saves every step, evaluates nothing (cheap)."""
+    return tiny_args(run, data_dir, "--checkpoint.every-n-steps", "1", "--eval.eval-sets",
+                     *extra)
 
 
 def copy_run(run: Path, tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
     shutil.copytree(run, tmp_path / "run")
-    return tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1", *extra)
+    return two_step_args(tmp_path / "run", data_dir, *extra)
+
+
+def messages(err: str) -> list[str]:
+    """stderr lines without the progress bar's."""
+    return [line for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and "step/s" not in line and "%|" not in line]
 
 
 def saved_steps(run: Path) -> list[int]:
@@ -117,7 +128,7 @@ def test_blow_up_leaves_only_finite_checkpoints_and_resumes_from_them(tmp_path, 
     args = copy_run(two_step_run, tmp_path, data_dir)
     code = train_cli.main(args + ["--max-steps", "6", "--optim.lr", "1e20",
                                   "--optim.weight-decay", "1e20"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = messages(capsys.readouterr().err)
     assert code == 1 and len(err) == 1 and err[0].startswith("stopped: non-finite weights")
     assert "after step 3" in err[0] and "the last good checkpoint, step 2" in err[0]
     assert saved_steps(tmp_path / "run") == [1, 2]
@@ -130,7 +141,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_r
     args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")
     damage_step(tmp_path / "run" / "checkpoints" / "2", "truncate")
     assert train_cli.main(args) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("notice: checkpoint step 2 is unusable")
     assert "using step 1" in err[0] and "set aside" in err[0]
     assert saved_steps(tmp_path / "run") == [2, 3]  # 1 + two new steps, keep_last 2
@@ -158,7 +169,7 @@ def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, 
         # writes that start failing after the check: the next save stops the run
         monkeypatch.setattr(loop, "check_writable", lambda _: None)
         assert train_cli.main(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: writing checkpoint step 3 to")
     assert saved_steps(tmp_path / "run") == [1, 2]
 
