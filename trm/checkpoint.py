@@ -54,16 +54,23 @@ warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                         category=RuntimeWarning)
 
 
-def _drop_closed_loop_callbacks(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """sys.excepthook without the 'Event loop is closed' tracebacks that tensorstore's
-    callback threads print when a failed write has already ended orbax's event loop."""
-    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            hook(kind, value, tb)
-    return excepthook
+def _orbax_noise(args: Any) -> bool:
+    """An unraisable error left behind by a failed orbax read or write, already reported as
+    one line: tensorstore callbacks into orbax's closed event loop, or orbax coroutines that
+    failed and were never awaited."""
+    code = getattr(args.object, "cr_code", None)
+    return ((args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed")
+            or (code is not None and "orbax" in code.co_filename))
 
 
-sys.excepthook = _drop_closed_loop_callbacks(sys.excepthook)
+def _without_orbax_noise(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    def unraisablehook(args: Any) -> None:
+        if not _orbax_noise(args):
+            hook(args)
+    return unraisablehook
+
+
+sys.unraisablehook = _without_orbax_noise(sys.unraisablehook)
 _ITEMS = ("state", "data_iter", "config")
 
 
