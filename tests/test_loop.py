@@ -137,6 +137,7 @@ def test_blow_up_leaves_only_finite_checkpoints_and_resumes_from_them(tmp_path, 
     assert all(np.isfinite(x).all() for x in leaves(resumed.state))
 
 
+@pytest.mark.slow  # the fallback itself: test_checkpoint.py; this is the loop end to end
 def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_run, capsys):
     args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")
     damage_step(tmp_path / "run" / "checkpoints" / "2", "truncate")
@@ -153,12 +154,10 @@ def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_r
     assert len(err) == 1 and err[0].startswith("error: no usable checkpoint in")
 
 
-def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, capsys,
-                                              monkeypatch):
+def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, capsys):
     args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "4")
-    ckpt = tmp_path / "run" / "checkpoints"
     (tmp_path / "ro").mkdir()
-    with unwritable(ckpt), unwritable(tmp_path / "ro"):
+    with unwritable(tmp_path / "run" / "checkpoints"), unwritable(tmp_path / "ro"):
         start = time.perf_counter()
         new_run = tiny_args(tmp_path / "ro" / "run", data_dir)
         for argv in (new_run, args):  # a new run, a resume
@@ -166,8 +165,16 @@ def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, 
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("error: cannot write to")
         assert time.perf_counter() - start < 30
-        # writes that start failing after the check: the next save stops the run
-        monkeypatch.setattr(loop, "check_writable", lambda _: None)
+    assert not (tmp_path / "ro" / "run").exists()
+
+
+@pytest.mark.slow  # the failing save itself: test_checkpoint.py; this is the loop end to end
+def test_save_failing_mid_run_is_one_error_line(tmp_path, data_dir, two_step_run, capsys,
+                                                monkeypatch):
+    """Writes that start failing after the start-up check: the next save stops the run."""
+    args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "4")
+    monkeypatch.setattr(loop, "check_writable", lambda _: None)
+    with unwritable(tmp_path / "run" / "checkpoints"):
         assert train_cli.main(args) == 1
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: writing checkpoint step 3 to")
