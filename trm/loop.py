@@ -31,7 +31,13 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from data.storage import as_path, is_url, local_copy
-from trm.checkpoint import Checkpointer, average_trees, restore_last, short_reason
+from trm.checkpoint import (
+    Checkpointer,
+    UnusableCheckpoint,
+    average_trees,
+    restore_last,
+    short_reason,
+)
 from trm.cli import RunFailed, RunStopped, warn
 from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
@@ -114,17 +120,16 @@ def check_free_space(directory: str, checkpoint_bytes: int) -> None:
                         f"{checkpoint_bytes / 2**20:.1f} MiB)")
 
 
-def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any,
-           ) -> tuple[int, TrainState]:
-    """(step, state) of the newest usable checkpoint; the unusable newer ones get one notice
-    line each and are set aside under <dir>/unusable. ValueError when none is usable."""
+def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> TrainState:
+    """The state of the newest usable checkpoint; the unusable newer ones get one notice line
+    each and are set aside under <dir>/unusable. ValueError when none is usable."""
     def notice(line: str) -> None:
         if jax.process_index() == 0:
             print(f"{line}; set aside in {checkpointer.directory}/unusable", file=sys.stderr)
 
     step, state = checkpointer.restore_newest_usable(state, data_iter, notice=notice)
     checkpointer.set_aside([s for s in checkpointer.all_steps() if s > step])
-    return step, state
+    return state
 
 
 def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
@@ -276,10 +281,12 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
                                 data_fingerprint=fingerprint.read(data_dir))
     if cfg.checkpoint.resume and checkpointer.all_steps():
-        step, state = resume(checkpointer, state, data_iter)
-        warn(fingerprint.check(checkpointer.stored_config(step).get("data"), data_dir,
-                               allow_mismatch=cfg.data.allow_mismatch,
-                               flag="--data.allow-mismatch"))
+        # another data set first: it would also show as another model config
+        with contextlib.suppress(UnusableCheckpoint):  # `resume` reports and skips it
+            warn(fingerprint.check(checkpointer.stored_config().get("data"), data_dir,
+                                   allow_mismatch=cfg.data.allow_mismatch,
+                                   flag="--data.allow-mismatch"))
+        state = resume(checkpointer, state, data_iter)
     start = int(state.step)
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
