@@ -1,18 +1,23 @@
 """Training-step throughput: compile time, steps/s, examples/s, FLOP/s, peak RSS.
 
-    python bench/train_step.py [--hidden 128 512] [--batch 32] [--steps 10] [--devices 1]
+    python bench/train_step.py [--hidden 128 512] [--mixer attention mlp_t]
+                               [--dtype float32 bfloat16] [--batch 32] [--steps 10] [--devices 1]
 
 Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_cycles 6,
 2 layers, attention (RoPE) and mlp_t. FLOPs are counted analytically from the matmuls (the
 recursion runs H_cycles x (L_cycles + 1) network calls forward, and the last
 L_cycles + 1 of them backward at twice the forward cost) and compared with this machine's
-measured float32 matmul FLOP/s.
+measured float32 matmul FLOP/s. One line per config: median wall seconds per step (min, and
+the process's CPU seconds, which load from other processes disturbs less), compile time;
+compare against another implementation by ratios measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import statistics
 import time
 
 import jax
@@ -65,6 +70,7 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
 
 
 def bench(config: ModelConfig, batch: int, steps: int, devices: int) -> dict[str, float]:
+    """Compile the train step, run one warm-up step, then time `steps` steps one by one."""
     mesh = make_mesh(devices)
     optimizer = adam_atan2(1e-4, weight_decay=0.1)
     state = init_train_state(build_model(config, key=jax.random.key(0)), optimizer, batch,
@@ -84,14 +90,26 @@ def bench(config: ModelConfig, batch: int, steps: int, devices: int) -> dict[str
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
+    wall, cpu = [], []
     for _ in range(steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
         state, metrics = compiled(state, data)
         jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / steps
-    flops = train_step_flops(config, batch)
-    return {"compile_s": compile_s, "steps_per_s": 1 / seconds, "examples_per_s": batch / seconds,
-            "flops_per_s": flops / seconds}
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    seconds = statistics.median(wall)
+    return {"compile_s": compile_s, "median_s": seconds, "min_s": min(wall),
+            "cpu_s": statistics.median(cpu), "examples_per_s": batch / seconds,
+            "flops_per_s": train_step_flops(config, batch) / seconds}
+
+
+def bench_config(hidden: int, mlp_t: bool, dtype: str) -> ModelConfig:
+    """Sudoku shapes, H_cycles 3, L_cycles 6, 2 layers; 4 heads at hidden 128, else 64-wide
+    heads (the side-by-side configs: (a) attention 128, (b) mlp_t 128, (c) attention 512)."""
+    return ModelConfig(vocab_size=11, seq_len=81, num_puzzle_identifiers=1001,
+                       hidden_size=hidden, num_heads=4 if hidden == 128 else max(1, hidden // 64),
+                       H_cycles=3, L_cycles=6, mlp_t=mlp_t,
+                       pos_encodings="none" if mlp_t else "rope", forward_dtype=dtype)
 
 
 def main() -> None:
@@ -100,24 +118,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16"])
+    parser.add_argument("--mixer", nargs="+", default=["attention", "mlp_t"],
+                        choices=["attention", "mlp_t"])
     args = parser.parse_args()
     peak = matmul_flops_per_second()
     print(f"backend={jax.default_backend()} devices={args.devices} batch={args.batch} "
-          f"dtype={args.dtype}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+          f"load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    results = {}
     for hidden in args.hidden:
-        for mlp_t in (False, True):
-            config = ModelConfig(vocab_size=11, seq_len=81, num_puzzle_identifiers=1001,
-                                 hidden_size=hidden, num_heads=max(1, hidden // 64),
-                                 H_cycles=3, L_cycles=6, mlp_t=mlp_t,
-                                 pos_encodings="none" if mlp_t else "rope",
-                                 forward_dtype=args.dtype)
-            r = bench(config, args.batch, args.steps, args.devices)
-            kind = "mlp_t" if mlp_t else "attention"
-            print(f"hidden={hidden:4d} {kind:9s} compile {r['compile_s']:6.1f} s  "
-                  f"{r['steps_per_s']:7.3f} steps/s  {r['examples_per_s']:8.1f} ex/s  "
-                  f"{r['flops_per_s'] / 1e9:7.1f} GFLOP/s ({100 * r['flops_per_s'] / peak:4.1f}%"
-                  f" of matmul peak)")
+        for mixer in args.mixer:
+            for dtype in args.dtype:
+                r = bench(bench_config(hidden, mixer == "mlp_t", dtype), args.batch,
+                          args.steps, args.devices)
+                results[hidden, mixer, dtype] = r
+                print(f"hidden={hidden:4d} {mixer:9s} {dtype:8s}: {r['median_s']:7.3f} s/step "
+                      f"(min {r['min_s']:.3f}, cpu {r['cpu_s']:.3f})  compile "
+                      f"{r['compile_s']:5.1f} s  {r['examples_per_s']:7.1f} ex/s  "
+                      f"{r['flops_per_s'] / 1e9:6.1f} GFLOP/s "
+                      f"({100 * r['flops_per_s'] / peak:4.1f}% of f32 matmul)", flush=True)
+    for (hidden, mixer, dtype), r in results.items():
+        if dtype == "bfloat16" and (hidden, mixer, "float32") in results:
+            ratio = results[hidden, mixer, "float32"]["median_s"] / r["median_s"]
+            print(f"hidden={hidden:4d} {mixer:9s} bfloat16 speed / float32 speed: {ratio:.2f}")
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss_mib:.0f} MiB")
 

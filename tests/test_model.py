@@ -253,6 +253,7 @@ def test_single_z_reads_outputs_from_z_L():
 def test_remat_gives_the_same_gradients():
     config = tiny_config()
     model, batch = tiny_model(config), tiny_batch(config)
+    model = replace_config(model, dataclasses.replace(config, remat=False))
     remat = replace_config(model, dataclasses.replace(config, remat=True))
 
     def grads(m):

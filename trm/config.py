@@ -106,9 +106,12 @@ class ModelConfig:
     arch: Arch = "trm"
     """Architecture, named as the official config/arch/*.yaml: "trm" (z_H and z_L) or
     "trm_singlez" (the paper's single-latent ablation)."""
-    remat: bool = False
+    remat: bool | None = None
     """Recompute each network call in the backward pass instead of storing its activations
-    (less memory, ~1/3 more compute; same numbers up to float rounding)."""
+    (less memory, one more forward pass of the last H cycle; same numbers up to float
+    rounding). None: on for the CPU backend, where recomputing is faster than writing and
+    re-reading the stacked activations of the loop over L_cycles (README, Performance),
+    off elsewhere."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "hidden_size", "num_heads", "L_layers",

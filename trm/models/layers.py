@@ -42,6 +42,17 @@ def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
     return round_up(round(expansion * hidden_size * 2 / 3), 256)
 
 
+def matmul(x: Float[Array, "*batch k"], w: Float[Array, "k n"]) -> Float[Array, "*batch n"]:
+    """x @ w accumulated in float32, result in x's dtype (the same numbers as a bfloat16 matmul
+    whose products are summed in float32, as cuBLAS and oneDNN do).
+
+    Spelled with `preferred_element_type=float32` because XLA:CPU runs that form of a bfloat16
+    dot in YNNPACK (AMX / AVX512-BF16), while a bfloat16-in, bfloat16-out dot is upcast to a
+    float32 matmul; for float32 inputs it is the plain matmul.
+    """
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 class Linear(eqx.Module):
     """y = x W^T (+ b); W is [out, in] (PyTorch layout), LeCun truncated-normal init."""
 
@@ -54,7 +65,7 @@ class Linear(eqx.Module):
         self.bias = jnp.zeros((out_features,), jnp.float32) if bias else None
 
     def __call__(self, x: Float[Array, "*batch in"]) -> Float[Array, "*batch out"]:
-        y = x @ self.weight.T.astype(x.dtype)
+        y = matmul(x, self.weight.T.astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
@@ -103,10 +114,13 @@ def apply_rope(x: Float[Array, "seq heads head_dim"], cos: Float[Array, "seq hea
 
 def attention(q: Float[Array, "seq heads hd"], k: Float[Array, "seq heads hd"],
               v: Float[Array, "seq heads hd"]) -> Float[Array, "seq heads hd"]:
-    """Non-causal scaled dot-product attention; softmax in float32, matmuls in the input dtype."""
-    scores = jnp.einsum("qhd,khd->hqk", q, k) * (1.0 / math.sqrt(q.shape[-1]))
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
-    return jnp.einsum("hqk,khd->qhd", probs, v)
+    """Non-causal scaled dot-product attention: scores and softmax in float32, both matmuls with
+    operands in the input dtype and float32 accumulation (`jax.nn.dot_product_attention`'s
+    XLA recipe)."""
+    scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores * (1.0 / math.sqrt(q.shape[-1])), axis=-1).astype(q.dtype)
+    return jnp.einsum("hqk,khd->qhd", probs, v, preferred_element_type=jnp.float32
+                      ).astype(q.dtype)
 
 
 class Attention(eqx.Module):

@@ -27,6 +27,13 @@ from trm.models.act import ACTModel, io_layers, stop_gradient_tree
 from trm.models.layers import Embedding, Linear, ReasoningNet, Rope, trunc_normal
 
 
+def use_remat(config: ModelConfig) -> bool:
+    """`config.remat`, with None resolved by the backend JAX computes on (on for CPU)."""
+    if config.remat is None:
+        return jax.default_backend() == "cpu"
+    return config.remat
+
+
 class TRM(ACTModel):
     """Tiny Recursive Model (TRM ACT v1)."""
 
@@ -75,4 +82,4 @@ class TRM(ACTModel):
             z_H, z_L = jax.lax.fori_loop(
                 0, self.config.H_cycles - 1,
                 lambda _, zs: frozen_self.latent_recursion(frozen[0], *zs, rope), frozen[1:])
-        return self.latent_recursion(x, z_H, z_L, rope, remat=self.config.remat)
+        return self.latent_recursion(x, z_H, z_L, rope, remat=use_remat(self.config))
