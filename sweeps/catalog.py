@@ -15,8 +15,8 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sweeps.configs import override
-from trm.run_config import PRESETS, RunConfig
+from sweeps.configs import get_path, override
+from trm.run_config import ARCH_YAML, PRESETS, RunConfig
 
 PRESET = "sudoku-extreme"
 """The preset the baseline derives from; generated commands start with it."""
@@ -237,6 +237,31 @@ _add(Group("ckpt_avg", "Checkpoint averaging", "checkpoints averaged",
            further=True),
      [(f"avg_last_{k}", (k, max(k, 2))) for k in (1, 3, 5)],
      lambda k, keep: "last checkpoint" if k == 1 else f"average of the last {k} checkpoints")
+
+_ARCH_FIELDS = ("model.arch", "model.mlp_t", "model.pos_encodings", "model.H_cycles",
+                "model.L_cycles", "model.L_layers", "model.H_layers", "model.num_heads")
+
+
+def _arch_entry(arch: str, mlp_t: bool) -> tuple[Any, ...]:
+    """The official config/arch/<arch>.yaml cycles, layers and heads, with the mlp_t token
+    mixer (no positions) or attention (RoPE)."""
+    values = {**{f: get_path(baseline(), f) for f in _ARCH_FIELDS}, "model.arch": arch,
+              "model.mlp_t": mlp_t, "model.pos_encodings": "none" if mlp_t else "rope"}
+    values.update({f"model.{k}": v for k, v in ARCH_YAML[arch].items()})
+    return tuple(values[f] for f in _ARCH_FIELDS)
+
+
+_add(Group("arch", "TRM vs HRM vs transformer", "architecture (token mixer)", _ARCH_FIELDS,
+           "At the same data and budget, how do TRM, HRM (27M) and a plain transformer with "
+           "the same deep supervision compare, and TRM's single-z / six-latent ablations?",
+           further=True),
+     [("arch_trm_mlp", _arch_entry("trm", True)), ("arch_trm_attn", _arch_entry("trm", False)),
+      ("arch_hrm_mlp", _arch_entry("hrm", True)), ("arch_hrm_attn", _arch_entry("hrm", False)),
+      ("arch_transformer", _arch_entry("transformers_baseline", False)),
+      ("arch_trm_singlez_mlp", _arch_entry("trm_singlez", True)),
+      ("arch_trm_hier6_mlp", _arch_entry("trm_hier6", True))],
+     lambda arch, mlp_t, *_: f"{arch}, " + ("mlp_t, no positions" if mlp_t
+                                             else "attention, RoPE"))
 
 BY_NAME: dict[str, Experiment] = {e.name: e for e in CATALOG}
 if len(BY_NAME) != len(CATALOG):

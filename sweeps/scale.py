@@ -1,6 +1,7 @@
 """`--scale cpu`: shrink any catalog config to a smoke run of a few steps on generated data.
 
-What the experiments vary stays varied, in proportion: hidden size / 8 (heads kept),
+What the experiments vary stays varied, in proportion: hidden size / 8 (heads kept; one head
+width more where RoPE would get an odd head dim),
 supervision steps / 4 (rounded up), global batch and lr reference batch / 256, training puzzles
 / 40 (at least 2) of generated 9x9 Sudoku. Layers, cycles, augmentation counts, dtypes,
 optimiser and schedule settings are kept. The schedule spans about `steps` optimiser steps
@@ -33,6 +34,8 @@ def scale_cpu(cfg: RunConfig, *, data_root: str, steps: int = 16, evals: int = 2
     m, o = cfg.model, cfg.optim
     heads = m.num_heads
     hidden = max(heads, round(m.hidden_size / HIDDEN_DIV / heads) * heads)
+    if m.pos_encodings == "rope" and (hidden // heads) % 2:  # RoPE needs an even head dim
+        hidden += heads
     batch = _shrink(o.global_batch_size, BATCH_DIV)
     puzzles = _shrink(cfg.data.num_train, PUZZLE_DIV, 2)
     # epochs of `puzzles` examples each, so that the schedule spans >= steps updates

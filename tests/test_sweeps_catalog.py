@@ -29,7 +29,7 @@ def test_catalog_has_the_study_table_and_the_further_items():
                      "exp04b": 5, "exp05": 6, "exp06": 6, "exp09": 5, "exp10": 5}
     further = {g.name for g in GROUPS.values() if g.further}
     assert further == {"tn_grid", "mlp_vs_attn", "ema_onoff", "nsup", "model_params",
-                       "data_size", "lr_batch", "compute_halt", "ckpt_avg"}
+                       "data_size", "lr_batch", "compute_halt", "ckpt_avg", "arch"}
     assert len(select("tn_grid")) == 9
 
 
@@ -92,7 +92,7 @@ def test_entries_equal_to_an_earlier_one_share_its_run():
     for name in ("exp01c", "exp02a_03", "exp02b_03", "exp03b", "exp04a_1000", "exp04b_1000",
                  "exp05_d", "exp07b", "exp08d", "exp09a", "exp10b", "contrib01_baseline",
                  "contrib02_baseline", "tn_H3_L6", "arch_mlp", "ema_on", "nsup_16", "data_01k",
-                 "halt_penalty_0p0", "avg_last_1"):
+                 "halt_penalty_0p0", "avg_last_1", "arch_trm_mlp"):
         assert canonical(name).name == "baseline", name
     assert canonical("nsup_04").name == "exp05_a"
     assert canonical("ema_off").name == "exp08a"
@@ -152,6 +152,8 @@ def test_cpu_scale_keeps_the_group_variable_varied(group):
     scaled = [scale_cpu(e.config(), data_root="d") for e in entries]
     assert len(set(scaled)) == len(entries)
     fields = set(GROUPS[group].fields)
+    if group == "arch":  # 12 heads at hidden 64 / 8 would give RoPE an odd head dim
+        fields.add("model.hidden_size")
     for e, cfg in zip(entries, scaled):
         d = set(diff(base, cfg))
         assert d <= fields | SCHEDULE, f"{e.name}: {d}"
@@ -159,6 +161,22 @@ def test_cpu_scale_keeps_the_group_variable_varied(group):
         assert cfg.optim.epochs * cfg.data.num_train // cfg.optim.global_batch_size >= 16
         assert cfg.max_steps == 16
         assert cfg.model.hidden_size <= 192 and cfg.data.generate == "sudoku-tiny"
+
+
+def test_architecture_comparison():
+    """TRM vs HRM vs the transformer baseline (and TRM's ablations) on the same data and
+    budget, each with its official config/arch/*.yaml cycles, layers and heads."""
+    cfgs = {e.name: e.config() for e in select("arch")}
+    assert len({(c.data, c.optim) for c in cfgs.values()}) == 1
+    hrm = cfgs["arch_hrm_attn"].model
+    assert (hrm.arch, hrm.H_cycles, hrm.L_cycles, hrm.H_layers, hrm.L_layers) == (
+        "hrm", 2, 2, 4, 4)
+    assert cfgs["arch_hrm_mlp"].model.mlp_t and not hrm.mlp_t
+    tb = cfgs["arch_transformer"].model
+    assert (tb.arch, tb.H_layers, tb.num_heads, tb.pos_encodings) == (
+        "transformers_baseline", 8, 12, "rope")
+    cpu = scale_cpu(cfgs["arch_transformer"], data_root="d").model
+    assert cpu.head_dim % 2 == 0 and cpu.num_heads == 12
 
 
 def test_run_config_names_and_tags_the_run():

@@ -167,7 +167,10 @@ def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{p}: expected a mapping of config fields")  # noqa: TRY004 (bad input)
-    arch = doc.get("arch") or doc.get("model") or doc
+    arch = doc.get("arch")
+    if not isinstance(arch, dict):  # a fixture: {"model": {...}, "arch": "hrm", ...}
+        fields = doc.get("model") or doc
+        arch = {**fields, "name": arch} if isinstance(arch, str) else fields
     loss = arch.get("loss", {}) if isinstance(arch.get("loss"), dict) else {}
     loss_type = loss.get("loss_type") or doc.get("loss_type") or "stablemax_cross_entropy"
     return {k: v for k, v in arch.items() if k != "loss"}, loss_type

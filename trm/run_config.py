@@ -345,6 +345,27 @@ def _paper_model(**overrides: object) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
+ARCH_YAML: dict[str, dict[str, object]] = {
+    "trm": {}, "trm_singlez": {}, "trm_hier6": {},
+    "hrm": {"H_cycles": 2, "L_cycles": 2, "H_layers": 4, "L_layers": 4},
+    "transformers_baseline": {"H_cycles": 1, "H_layers": 8, "num_heads": 12},
+}
+"""What official config/arch/<arch>.yaml sets differently from trm.yaml (hidden 512,
+expansion 4, rope, ACT 16, exploration 0.1, bfloat16 are common to all five)."""
+
+
+def _arch_model(arch: str, **overrides: object) -> ModelConfig:
+    """The official config/arch/<arch>.yaml values (plus the data set's fields)."""
+    return _paper_model(arch=arch, **{**ARCH_YAML[arch], **overrides})
+
+
+def _sudoku_extreme(name: str, model: ModelConfig) -> RunConfig:
+    """The paper's Sudoku-Extreme recipe: 1k puzzles x 1000 augmentations, lr and puzzle lr
+    1e-4, weight decay 1.0, 50k epochs, evaluation every 5k."""
+    return _paper(name, model, "data/sudoku-extreme-1k-aug-1000", lr=1e-4, puzzle_lr=1e-4,
+                  wd=1.0, epochs=50000, eval_interval=5000)
+
+
 def _tiny(name: str, model: ModelConfig, generate: Generated, *, num_train: int,
           epochs: int, eval_interval: int) -> RunConfig:
     """A run that learns something on 2 CPU cores in minutes, on generated data."""
@@ -371,14 +392,11 @@ _TINY = {"hidden_size": 64, "num_heads": 4, "expansion": 2.0, "L_layers": 2, "H_
 PRESETS: dict[str, tuple[str, RunConfig]] = {
     "sudoku-extreme": (
         "Sudoku-Extreme 1k x 1000 aug: MLP-mixer (mlp_t), no positions, H3 L6, wd 1.0 (87.4%)",
-        _paper("sudoku-extreme", _paper_model(**_SUDOKU, mlp_t=True, pos_encodings="none"),
-               "data/sudoku-extreme-1k-aug-1000", lr=1e-4, puzzle_lr=1e-4, wd=1.0,
-               epochs=50000, eval_interval=5000)),
+        _sudoku_extreme("sudoku-extreme",
+                        _paper_model(**_SUDOKU, mlp_t=True, pos_encodings="none"))),
     "sudoku-extreme-attn": (
         "Sudoku-Extreme with attention + RoPE, H3 L6, wd 1.0 (74.7%)",
-        _paper("sudoku-extreme-attn", _paper_model(**_SUDOKU),
-               "data/sudoku-extreme-1k-aug-1000", lr=1e-4, puzzle_lr=1e-4, wd=1.0,
-               epochs=50000, eval_interval=5000)),
+        _sudoku_extreme("sudoku-extreme-attn", _paper_model(**_SUDOKU))),
     "maze-hard": (
         "Maze-Hard 30x30: attention, H3 L4, wd 1.0 (85.3%)",
         _paper("maze-hard", _paper_model(**_MAZE, L_cycles=4), "data/maze-30x30-hard-1k",
@@ -393,6 +411,21 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
         _paper("arc-agi-2", _paper_model(**_ARC, num_puzzle_identifiers=1, L_cycles=4),
                "data/arc2concept-aug-1000", lr=1e-4, puzzle_lr=1e-2, wd=0.1,
                epochs=100000, eval_interval=10000, evaluators=("arc",))),
+    "sudoku-extreme-hrm": (
+        "Sudoku-Extreme with HRM (hrm.yaml: H2 L2, 4+4 layers, attention), TRM's recipe (55.0%)",
+        _sudoku_extreme("sudoku-extreme-hrm", _arch_model("hrm", **_SUDOKU))),
+    "sudoku-extreme-transformer": (
+        "Sudoku-Extreme with the transformer baseline (8 layers, 12 heads), TRM's recipe",
+        _sudoku_extreme("sudoku-extreme-transformer",
+                        _arch_model("transformers_baseline", **_SUDOKU))),
+    "sudoku-extreme-trm-singlez": (
+        "Sudoku-Extreme, TRM single-z ablation (trm_singlez.yaml with the mlp_t recipe)",
+        _sudoku_extreme("sudoku-extreme-trm-singlez",
+                        _arch_model("trm_singlez", **_SUDOKU, mlp_t=True, pos_encodings="none"))),
+    "sudoku-extreme-trm-hier6": (
+        "Sudoku-Extreme, TRM with six z_L latents (trm_hier6.yaml with the mlp_t recipe)",
+        _sudoku_extreme("sudoku-extreme-trm-hier6",
+                        _arch_model("trm_hier6", **_SUDOKU, mlp_t=True, pos_encodings="none"))),
     "sudoku-tiny": (
         "CPU smoke run: generated 9x9 sudoku, hidden 64, 2 layers, H2 L2, ACT 4, batch 64",
         _tiny("sudoku-tiny", ModelConfig(**_SUDOKU, **_TINY), "sudoku-tiny", num_train=1000,

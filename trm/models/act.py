@@ -181,9 +181,10 @@ class ACTModel(eqx.Module):
         """One ACT step on an already reset carry: recursion, step count, halting decision.
 
         `puzzle_rows` overrides the table lookup (the train step differentiates w.r.t. them).
-        Training halts on q_halt > 0 (or q_halt > q_continue), but not before
-        `min_halt_steps` (default: `exploration_min_steps(key, B)`); evaluation always runs
-        `halt_max_steps` steps.
+        Training halts on q_halt > 0 (or q_halt > q_continue: `halts_on_q_continue`), but not
+        before `min_halt_steps` (default: `exploration_min_steps(key, B)`); evaluation runs
+        `halt_max_steps` steps (transformers_baseline with act_inference: halts without
+        exploration). With `trains_q_continue` the outputs carry the Q-continue target.
         """
         c = self.config
         if puzzle_rows is None:
@@ -195,12 +196,13 @@ class ACTModel(eqx.Module):
         is_last = steps >= c.halt_max_steps
         halted = is_last
         target = None
-        if train and c.halt_max_steps > 1:
-            halted = halted | (q_halt > 0 if c.no_ACT_continue else q_halt > q_continue)
+        if c.adaptive_halting(train):
+            halted = halted | (q_halt > q_continue if c.halts_on_q_continue else q_halt > 0)
+        if train and c.adaptive_halting(train):
             if min_halt_steps is None:
                 min_halt_steps = self.exploration_min_steps(key, steps.shape[0])
             halted = halted & (steps >= min_halt_steps)
-            if not c.no_ACT_continue:
+            if c.trains_q_continue:
                 _, _, _, next_q = recurse(z_H, z_L, carry.inputs, puzzle_rows)
                 next_q = jax.lax.stop_gradient(next_q)
                 target = jax.nn.sigmoid(jnp.where(

@@ -124,7 +124,12 @@ def attention(q: Float[Array, "seq heads hd"], k: Float[Array, "seq heads hd"],
 
 
 class Attention(eqx.Module):
-    """Non-causal multi-head self-attention, fused qkv projection, no biases."""
+    """Non-causal multi-head self-attention, fused qkv projection, no biases.
+
+    Heads have width hidden_size // num_heads, so the attention runs at width
+    num_heads * head_dim, which is below hidden_size when num_heads does not divide it
+    (official layers.py; the transformer baseline's 512 / 12).
+    """
 
     qkv_proj: Linear
     o_proj: Linear
@@ -132,19 +137,21 @@ class Attention(eqx.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, *, key: PRNGKeyArray):
         k_qkv, k_o = jax.random.split(key)
-        self.qkv_proj = Linear(hidden_size, 3 * hidden_size, key=k_qkv)
-        self.o_proj = Linear(hidden_size, hidden_size, key=k_o)
+        width = num_heads * (hidden_size // num_heads)
+        self.qkv_proj = Linear(hidden_size, 3 * width, key=k_qkv)
+        self.o_proj = Linear(width, hidden_size, key=k_o)
         self.num_heads = num_heads
 
     def __call__(self, x: Float[Array, "seq dim"],
                  rope: tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]] | None,
                  ) -> Float[Array, "seq dim"]:
-        seq_len, dim = x.shape
-        qkv = self.qkv_proj(x).reshape(seq_len, 3 * self.num_heads, dim // self.num_heads)
+        seq_len = x.shape[0]
+        width = self.o_proj.weight.shape[1]
+        qkv = self.qkv_proj(x).reshape(seq_len, 3 * self.num_heads, width // self.num_heads)
         q, k, v = jnp.split(qkv, 3, axis=1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.o_proj(attention(q, k, v).reshape(seq_len, dim))
+        return self.o_proj(attention(q, k, v).reshape(seq_len, width))
 
 
 class SwiGLU(eqx.Module):

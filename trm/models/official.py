@@ -1,8 +1,11 @@
-"""Import (and export) official PyTorch TRM state dicts and configs.
+"""Import (and export) official PyTorch state dicts and configs, for every architecture.
 
 Official checkpoints are `state_dict()`s whose names look like
 `_orig_mod.model.inner.L_level.layers.0.self_attn.qkv_proj.weight` (the prefix depends on
-`torch.compile` and the loss-head wrapper); linear weights are [out, in] like ours.
+`torch.compile` and the loss-head wrapper); linear weights are [out, in] like ours. Stacks:
+trm family `inner.L_level`, hrm `inner.H_level` and `inner.L_level`, transformers_baseline
+`inner.H_level`; initial states `inner.H_init`, `inner.L_init` (trm_hier6: `inner.L1_init` ..
+`inner.L6_init`, stacked in our `L_init`; trm_singlez has no H_init, baseline no L_init).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm.config import ModelConfig
-from trm.models.trm import TRM
+from trm.models import ACTModel, build_model
+from trm.models.layers import ReasoningNet
+from trm.models.trm import HIER6_LATENTS
 
 
 class StateDictError(ValueError):
@@ -27,56 +32,81 @@ class StateDictError(ValueError):
 _PREFIXES = ("_orig_mod.", "model.")
 
 
+def arch_from_official_name(name: str) -> str:
+    """`recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1` (or just `hrm`) -> `hrm`."""
+    return name.split("@")[0].split(".")[-1]
+
+
 def config_from_official(model_cfg: Mapping[str, Any], loss_type: str = "stablemax") -> ModelConfig:
-    """ModelConfig from an official architecture dict (extra keys such as batch_size ignored)."""
+    """ModelConfig from an official architecture dict (extra keys such as batch_size ignored);
+    its `name` (`recursive_reasoning.<arch>@<class>`) selects `arch` (default trm)."""
     loss = {"stablemax_cross_entropy": "stablemax", "softmax_cross_entropy": "softmax"}
     fields = {f for f in ModelConfig.__dataclass_fields__}
     kwargs = {k: v for k, v in model_cfg.items() if k in fields}
     kwargs["loss_type"] = loss.get(loss_type, loss_type)
+    if "name" in model_cfg:
+        kwargs["arch"] = arch_from_official_name(str(model_cfg["name"]))
     for name in ("expansion", "rms_norm_eps", "rope_theta", "halt_exploration_prob"):
         if name in kwargs:
             kwargs[name] = float(kwargs[name])
     return ModelConfig(**kwargs)
 
 
-def _block_entries(config: ModelConfig) -> dict[str, Callable[[TRM], jax.Array]]:
-    """Per-layer official name suffixes -> getters of our stacked [L_layers, ...] arrays."""
+Getter = Callable[[ACTModel], jax.Array]
+# An official parameter (one name) or several stacked along our leading axis (a name list).
+Entry = tuple[Getter, "str | list[str]"]
+
+
+def _stacks(config: ModelConfig) -> dict[str, tuple[Callable[[ACTModel], ReasoningNet], int]]:
+    """Official stack name -> (getter of our block stack, its number of layers)."""
+    if config.arch == "hrm":
+        return {"H_level": (lambda m: m.H_level, config.H_layers),
+                "L_level": (lambda m: m.L_level, config.L_layers)}
+    if config.arch == "transformers_baseline":
+        return {"H_level": (lambda m: m.H_level, config.H_layers)}
+    return {"L_level": (lambda m: m.net, config.L_layers)}
+
+
+def _entries(config: ModelConfig) -> list[Entry]:
+    """Every official parameter of this config with the getter of our array holding it."""
+    entries: list[Entry] = [
+        (lambda m: m.embed_tokens.weight, "inner.embed_tokens.embedding_weight"),
+        (lambda m: m.lm_head.weight, "inner.lm_head.weight"),
+        (lambda m: m.q_head.weight, "inner.q_head.weight"),
+        (lambda m: m.q_head.bias, "inner.q_head.bias"),
+    ]
+    if config.arch != "trm_singlez":  # the official single-z model has no H_init
+        entries.append((lambda m: m.H_init, "inner.H_init"))
+    if config.arch == "trm_hier6":
+        entries.append((lambda m: m.L_init, [f"inner.L{i + 1}_init"
+                                             for i in range(HIER6_LATENTS)]))
+    elif config.arch != "transformers_baseline":
+        entries.append((lambda m: m.L_init, "inner.L_init"))
+    if config.puzzle_dim > 0:
+        entries.append((lambda m: m.puzzle_emb, "inner.puzzle_emb.weights"))
+    if config.pos_encodings == "learned":
+        entries.append((lambda m: m.embed_pos.weight, "inner.embed_pos.embedding_weight"))
     mixer = "mlp_t" if config.mlp_t else "self_attn"
     projections = ("gate_up_proj", "down_proj") if config.mlp_t else ("qkv_proj", "o_proj")
-    entries: dict[str, Callable[[TRM], jax.Array]] = {}
-    for proj in projections:
-        entries[f"{mixer}.{proj}.weight"] = lambda m, p=proj: getattr(m.net.blocks.mixer, p).weight
-    for proj in ("gate_up_proj", "down_proj"):
-        entries[f"mlp.{proj}.weight"] = lambda m, p=proj: getattr(m.net.blocks.mlp, p).weight
+    for stack, (get_stack, num_layers) in _stacks(config).items():
+        def layer_names(suffix: str, stack: str = stack, n: int = num_layers) -> list[str]:
+            return [f"inner.{stack}.layers.{i}.{suffix}" for i in range(n)]
+        for proj in projections:
+            entries.append((lambda m, g=get_stack, p=proj: getattr(g(m).blocks.mixer, p).weight,
+                            layer_names(f"{mixer}.{proj}.weight")))
+        for proj in ("gate_up_proj", "down_proj"):
+            entries.append((lambda m, g=get_stack, p=proj: getattr(g(m).blocks.mlp, p).weight,
+                            layer_names(f"mlp.{proj}.weight")))
     return entries
 
 
-def layer_name(i: int, suffix: str) -> str:
-    return f"inner.L_level.layers.{i}.{suffix}"
-
-
-def _global_entries(config: ModelConfig) -> dict[str, Callable[[TRM], jax.Array]]:
-    entries: dict[str, Callable[[TRM], jax.Array]] = {
-        "inner.embed_tokens.embedding_weight": lambda m: m.embed_tokens.weight,
-        "inner.lm_head.weight": lambda m: m.lm_head.weight,
-        "inner.q_head.weight": lambda m: m.q_head.weight,
-        "inner.q_head.bias": lambda m: m.q_head.bias,
-        "inner.H_init": lambda m: m.H_init,
-        "inner.L_init": lambda m: m.L_init,
-    }
-    if config.puzzle_dim > 0:
-        entries["inner.puzzle_emb.weights"] = lambda m: m.puzzle_emb
-    if config.pos_encodings == "learned":
-        entries["inner.embed_pos.embedding_weight"] = lambda m: m.embed_pos.weight
-    return entries
+def _names(names: str | list[str]) -> list[str]:
+    return [names] if isinstance(names, str) else names
 
 
 def official_names(config: ModelConfig) -> list[str]:
     """Every official parameter name of a model with this config."""
-    names = list(_global_entries(config))
-    for i in range(config.L_layers):
-        names += [layer_name(i, suffix) for suffix in _block_entries(config)]
-    return names
+    return [n for _, names in _entries(config) for n in _names(names)]
 
 
 def strip_prefix(name: str) -> str:
@@ -86,29 +116,28 @@ def strip_prefix(name: str) -> str:
     return name
 
 
-def to_official_state_dict(tree: TRM) -> dict[str, np.ndarray]:
+def to_official_state_dict(tree: ACTModel) -> dict[str, np.ndarray]:
     """Our model (or a model-shaped gradient tree) as official names -> numpy arrays.
 
     Leaves that are None in `tree` (e.g. parameters without gradient) are skipped.
     """
-    config = tree.config
     out = {}
-    for name, get in _global_entries(config).items():
+    for get, names in _entries(tree.config):
         value = get(tree)
-        if value is not None:
-            out[name] = np.asarray(value)
-    for suffix, get in _block_entries(config).items():
-        value = get(tree)
-        if value is not None:
-            for i in range(config.L_layers):
-                out[layer_name(i, suffix)] = np.asarray(value[i])
+        if value is None:
+            continue
+        if isinstance(names, str):
+            out[names] = np.asarray(value)
+        else:
+            out.update({n: np.asarray(value[i]) for i, n in enumerate(names)})
     return out
 
 
-def from_official_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> TRM:
-    """Build our TRM from an official state dict; one StateDictError names any bad parameter."""
+def from_official_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> ACTModel:
+    """Build our model of `config.arch` from an official state dict; one StateDictError names
+    any missing, unexpected or wrongly shaped parameter."""
     sd = {strip_prefix(k): np.asarray(v) for k, v in state_dict.items()}
-    template = eqx.filter_eval_shape(TRM, config, key=jax.random.key(0))
+    template = eqx.filter_eval_shape(build_model, config, key=jax.random.key(0))
     expected = official_names(config)
     missing = [n for n in expected if n not in sd]
     unexpected = sorted(set(sd) - set(expected))
@@ -120,18 +149,19 @@ def from_official_state_dict(state_dict: Mapping[str, Any], config: ModelConfig)
                              f"config does not use ({len(unexpected)} unexpected)")
 
     getters, values = [], []
-    for name, get in _global_entries(config).items():
-        _check_shape(name, sd[name].shape, get(template).shape)
+    for get, names in _entries(config):
+        want = get(template).shape
+        if isinstance(names, str):
+            _check_shape(names, sd[names].shape, want)
+            value = sd[names]
+        else:
+            for name in names:
+                _check_shape(name, sd[name].shape, want[1:])
+            value = np.stack([sd[n] for n in names])
         getters.append(get)
-        values.append(jnp.asarray(sd[name], jnp.float32))
-    for suffix, get_stacked in _block_entries(config).items():
-        layer_names = [layer_name(i, suffix) for i in range(config.L_layers)]
-        for name in layer_names:
-            _check_shape(name, sd[name].shape, get_stacked(template).shape[1:])
-        getters.append(get_stacked)
-        values.append(jnp.asarray(np.stack([sd[n] for n in layer_names]), jnp.float32))
+        values.append(jnp.asarray(value, jnp.float32))
 
-    model = TRM(config, key=jax.random.key(0))
+    model = build_model(config, key=jax.random.key(0))
     return eqx.tree_at(lambda m: [g(m) for g in getters], model, values)
 
 
@@ -147,7 +177,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.endswith(".npz"):
         with np.load(path) as f:
             return {k.removeprefix("param/"): f[k] for k in f.files
-                    if k.startswith("param/") or k.startswith(("inner.", "_orig_mod.", "model."))}
+                    if k.startswith(("param/", "inner.", "_orig_mod.", "model."))}
     try:
         import torch
     except ImportError as e:

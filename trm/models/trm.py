@@ -1,5 +1,9 @@
 """The Tiny Recursive Model: one shared network and a recursion over (z_H, z_L).
 
+`arch` "trm" is the paper's model, "trm_singlez" its single-latent ablation (only z_L, read
+by the heads), "trm_hier6" the six-latent variant (official trm_hier6.py: z_L holds six
+latents [6, L, D]; L step l rewrites latent l from their sum).
+
 Per-example shapes: `L = prefix_len + seq_len` positions, `D = hidden_size`.
 The recursion follows the paper's pseudocode:
 
@@ -17,6 +21,7 @@ The ACT wrapper around it (embeddings, heads, carry, halting) is `trm.models.act
 from __future__ import annotations
 
 import functools
+import operator
 
 import equinox as eqx
 import jax
@@ -25,6 +30,13 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from trm.config import ModelConfig
 from trm.models.act import ACTModel, io_layers, stop_gradient_tree
 from trm.models.layers import Embedding, Linear, ReasoningNet, Rope, trunc_normal
+
+HIER6_LATENTS = 6
+
+
+def latent_sum(z_L: Float[Array, "n L D"]) -> Float[Array, "L D"]:
+    """z_L[0] + z_L[1] + ... in that order (the official float32 summation order)."""
+    return functools.reduce(operator.add, [z_L[i] for i in range(z_L.shape[0])])
 
 
 def use_remat(config: ModelConfig) -> bool:
@@ -35,7 +47,7 @@ def use_remat(config: ModelConfig) -> bool:
 
 
 class TRM(ACTModel):
-    """Tiny Recursive Model (TRM ACT v1)."""
+    """Tiny Recursive Model (TRM ACT v1) and its variants trm_singlez / trm_hier6."""
 
     embed_tokens: Embedding
     embed_pos: Embedding | None
@@ -44,7 +56,7 @@ class TRM(ACTModel):
     lm_head: Linear
     q_head: Linear
     H_init: Float[Array, " D"]
-    L_init: Float[Array, " D"]
+    L_init: Float[Array, "*n D"]  # [6, D] for trm_hier6 (official L1_init .. L6_init)
     config: ModelConfig = eqx.field(static=True)
 
     def __init__(self, config: ModelConfig, *, key: PRNGKeyArray):
@@ -54,12 +66,14 @@ class TRM(ACTModel):
          self.q_head) = io_layers(config, keys[0], keys[1], keys[3], keys[6])
         self.net = ReasoningNet(config, config.L_layers, key=keys[2])
         self.H_init = trunc_normal(keys[4], (config.hidden_size,), 1.0)
-        self.L_init = trunc_normal(keys[5], (config.hidden_size,), 1.0)
+        n_latents = (HIER6_LATENTS,) if config.arch == "trm_hier6" else ()
+        self.L_init = trunc_normal(keys[5], (*n_latents, config.hidden_size), 1.0)
 
     def latent_recursion(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-                         z_L: Float[Array, "L D"], rope: Rope, remat: bool = False,
-                         ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
-        """L_cycles latent updates then one answer update (TRM), or the single-z variant."""
+                         z_L: Float[Array, "*n L D"], rope: Rope, remat: bool = False,
+                         ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"]]:
+        """L_cycles latent updates then one answer update (TRM), or the single-z / hier6
+        variant."""
         c = self.config
         net = self.net
         if remat:  # the module goes in as an argument: jax.checkpoint hashes its callable
@@ -69,13 +83,17 @@ class TRM(ACTModel):
             z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, x, rope), z_L)
             z_L = net(z_L, None, rope)
             return z_L, z_L
+        if c.arch == "trm_hier6":  # L step l rewrites latent l from the sum of all six
+            z_L = jax.lax.fori_loop(
+                0, c.L_cycles, lambda l, z: z.at[l].set(net(latent_sum(z), z_H + x, rope)), z_L)
+            return net(z_H, latent_sum(z_L), rope), z_L
         z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, z_H + x, rope), z_L)
         z_H = net(z_H, z_L, rope)
         return z_H, z_L
 
     def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-              z_L: Float[Array, "L D"], rope: Rope,
-              ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
+              z_L: Float[Array, "*n L D"], rope: Rope,
+              ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"]]:
         """H_cycles - 1 latent recursions without gradient, then one with gradient."""
         if self.config.H_cycles > 1:
             frozen_self, frozen = stop_gradient_tree((self, (x, z_H, z_L)))
