@@ -71,6 +71,7 @@ def _without_orbax_noise(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 
 
 sys.unraisablehook = _without_orbax_noise(sys.unraisablehook)
+
 _ITEMS = ("state", "data_iter", "config")
 
 
