@@ -21,6 +21,13 @@ CHEAP = "transformers_baseline_official_attn_learned"  # one pass of two blocks 
 _CHECKED: dict[str, tuple[parity.Fixture, list[parity.Row]]] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def highest_precision():
+    """The command's matmul precision, so that its replays reuse these tests' compilations."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def fixture_path(name: str) -> str:
     return str(FIXTURES / f"{name}.npz")
 
