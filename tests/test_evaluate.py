@@ -53,9 +53,8 @@ def constructed_rollout(batch_index: int):
 
     def fn(model, inputs, labels, ids):
         assert inputs.shape[0] == 8
-        metrics = {"count": jnp.asarray(float(labelled.sum())),
-                   "exact_accuracy": jnp.asarray(float(exact[-1][labelled].sum()))}
-        return Rollout(metrics=metrics, preds=inputs, q_halt=jnp.asarray(q),
+        rows = {"exact_accuracy": jnp.asarray(exact[-1], jnp.float32)}
+        return Rollout(rows=rows, preds=inputs, q_halt=jnp.asarray(q),
                        exact=jnp.asarray(exact), labelled=jnp.asarray(labelled))
     return fn
 
@@ -104,8 +103,15 @@ def test_official_fixture_gives_the_official_metrics(name):
     model = load_model(ModelSource(official_weights=str(path))).model
     assert model.config == fx.config
     ours = evaluate_stream(model, [batch], make_mesh()).metrics
+    last = f"eval/step{fx.config.halt_max_steps}/"
     official = {k.rsplit("metric_", 1)[1]: float(v) for k, v in fx.records.items()
-                if k.startswith(f"eval/step{fx.config.halt_max_steps}/metric_")}
+                if k.startswith(last + "metric_")}
+    # the official q_halt_loss also sums the unlabelled row's BCE(q_halt, 1); we report the
+    # labelled rows': take that row's term (from its recorded logit) off the official sum
+    unlabelled = (batch["labels"] == -100).all(-1)
+    assert unlabelled.any()
+    q = fx.records[last + "q_halt_logits"][unlabelled].astype(np.float64)
+    official["q_halt_loss"] -= float(np.sum(np.maximum(q, 0) - q + np.log1p(np.exp(-abs(q)))))
     count = official["count"]
     assert ours["count"] == count > 0
     for name_ in ("exact_accuracy", "q_halt_accuracy", "steps"):

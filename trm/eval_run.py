@@ -3,8 +3,10 @@ voting; `python evaluate.py` (README "Evaluation") and the training loop's evalu
 
 Batches are sharded on the mesh's data axis like training batches; every row runs exactly
 `halt_max_steps` supervision steps (`trm.evaluation.rollout`). Per split:
-- `metrics`: the official metric sums divided by the number of labelled rows (accuracy =
-  token accuracy, exact_accuracy, q_halt_accuracy, steps, lm_loss, q_halt_loss) and count;
+- `metrics`: per labelled puzzle (padding rows and unlabelled rows excluded, so the same for
+  any batch size and device count): accuracy = token accuracy, exact_accuracy,
+  q_halt_accuracy, steps, lm_loss, q_halt_loss (the official loss head sums q_halt_loss over
+  padding rows too), and count;
 - `per_step`: exact accuracy if every puzzle stopped after step k (k = 1..halt_max_steps), and
   the adaptive policy that stops at the first step with q_halt > 0: its exact accuracy and
   mean number of steps;
@@ -35,11 +37,10 @@ from trm.config import require
 from trm.eval_source import ModelSource, check_compatible, check_data, load_model
 from trm.evaluation import (
     Rollout,
+    eval_metrics,
     host_array,
-    normalize_eval_metrics,
     per_step_accuracy,
     rollout,
-    sum_metrics,
 )
 from trm.loop import initialize_distributed, to_global
 from trm.models import ACTModel
@@ -86,16 +87,17 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
                     progress: tqdm | None = None) -> SetResult:
     """Evaluate host batches ({"inputs", "labels", "puzzle_identifiers"} [+ "valid"], ARC
     fields for the voter). Batch n + 1 is dispatched before batch n is read back."""
-    totals: dict[str, float] = {}
+    rows: dict[str, list[np.ndarray]] = {}
     exact, q_halt, puzzles = [], [], 0
     start = time.perf_counter()
 
     def collect(batch: Mapping[str, np.ndarray], result: Rollout) -> None:
         nonlocal puzzles
-        sum_metrics(totals, result.metrics)
         labelled = host_array(result.labelled)
         valid = _all_hosts(batch["valid"]) if "valid" in batch else np.ones_like(labelled)
         keep = labelled & valid
+        for k, v in result.rows.items():
+            rows.setdefault(k, []).append(host_array(v)[keep])
         exact.append(host_array(result.exact)[:, keep])
         q = host_array(result.q_halt)
         q_halt.append(q[:, keep])
@@ -116,10 +118,11 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
     if pending is not None:
         collect(*pending)
     steps = model.config.halt_max_steps
+    exact = np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool)
     per_step = per_step_accuracy(
-        np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool),
-        np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0), np.float32))
-    return SetResult(metrics=normalize_eval_metrics(totals), per_step=per_step,
+        exact, np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0), np.float32))
+    metrics = eval_metrics({k: np.concatenate(v) for k, v in rows.items()}, exact.shape[1])
+    return SetResult(metrics=metrics, per_step=per_step,
                      arc=None if voter is None else voter.summary(),
                      submission=None if voter is None else voter.submission(),
                      puzzles=puzzles, seconds=time.perf_counter() - start)

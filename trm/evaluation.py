@@ -16,20 +16,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jaxtyping import Array, Bool, Float, Int
 
-from trm.config import LossType
-from trm.loss import Metrics, loss_head, row_correctness
-from trm.models import ACTModel, Carry, Outputs
-
-RowMetrics = dict[str, Float[Array, " B"]]
+from trm.loss import RowMetrics, row_correctness, row_metrics
+from trm.models import ACTModel
 
 
 class Rollout(eqx.Module):
     """Result of an eval rollout on a batch of B rows over T = halt_max_steps steps."""
 
-    metrics: RowMetrics | Metrics
-    """Official metrics after the last step, per row ([B] each; their sums over the rows are
-    the official sums, rows without labels count 0). Summed on the host (`sum_metrics`), so
-    the totals do not depend on how the batch is split over devices and hosts."""
+    rows: RowMetrics
+    """Per-row metrics after the last step, each [B] (`trm.loss.row_metrics`)."""
     preds: Int[Array, "B S"]
     """Predicted tokens after the last step."""
     q_halt: Float[Array, "T B"]
@@ -57,18 +52,9 @@ def rollout(model: ACTModel, inputs: Int[Array, "B S"], labels: Int[Array, "B S"
     carry, (outs, exact, preds) = jax.lax.scan(one_step, carry, None,
                                                length=model.config.halt_max_steps)
     last = jax.tree.map(lambda x: x[-1], outs)
-    metrics = row_metrics(carry, last, model.config.loss_type)
-    labelled = (labels != -100).any(-1)
-    return Rollout(metrics=metrics, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
+    rows, labelled = row_metrics(carry.labels, last, carry.steps, model.config.loss_type)
+    return Rollout(rows=rows, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
                    labelled=labelled, step_preds=preds if keep_step_preds else None)
-
-
-def row_metrics(carry: Carry, outputs: Outputs, loss_type: LossType) -> RowMetrics:
-    """`loss_head`'s metric sums of each row alone: name -> [B]."""
-    def one_row(carry: Carry, outputs: Outputs) -> Metrics:
-        return loss_head(*jax.tree.map(lambda x: x[None], (carry, outputs)), loss_type)[1]
-
-    return jax.vmap(one_row)(carry, outputs)
 
 
 def host_array(x: Array) -> np.ndarray:
@@ -78,19 +64,14 @@ def host_array(x: Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def sum_metrics(totals: dict[str, float], metrics: Mapping[str, Array]) -> dict[str, float]:
-    """Add one batch's metrics (per row, or already summed) into running host-side totals,
-    summed in float64 in row order: the same on every device and host layout."""
-    for k, v in metrics.items():
-        totals[k] = totals.get(k, 0.0) + float(np.sum(host_array(v), dtype=np.float64))
-    return totals
+def eval_metrics(rows: Mapping[str, np.ndarray], count: int) -> dict[str, float]:
+    """Each per-row metric averaged (float64) over the `count` counted rows, plus count.
 
-
-def normalize_eval_metrics(totals: Mapping[str, float]) -> dict[str, float]:
-    """Official eval reporting: every sum divided by the number of counted rows."""
-    count = max(totals.get("count", 0.0), 1.0)
-    return {k: v / count for k, v in totals.items() if k != "count"} | {
-        "count": totals.get("count", 0.0)}
+    rows: name -> [count] values of the labelled, non-padding rows in data set order. Padding
+    rows, batch boundaries and device count do not enter; with no rows every mean is 0.
+    """
+    return {k: float(np.mean(v, dtype=np.float64)) if count else 0.0
+            for k, v in rows.items()} | {"count": float(count)}
 
 
 def per_step_accuracy(exact: np.ndarray, q_halt: np.ndarray) -> dict[str, object]:

@@ -57,43 +57,66 @@ def row_correctness(logits: Float[Array, "B S V"], labels: Int[Array, "B S"],
     return correct, counts, correct.sum(-1) == counts
 
 
+RowMetrics = dict[str, Float[Array, " B"]]
+
+
+def row_metrics(labels: Int[Array, "B S"], outputs: Outputs, steps: Int[Array, " B"],
+                loss_type: LossType) -> tuple[RowMetrics, Bool[Array, " B"]]:
+    """Per-row metrics of one ACT step and which rows are labelled (have any label).
+
+    accuracy: fraction of the row's labelled tokens right; exact_accuracy: 1 when all are;
+    q_halt_accuracy: 1 when (q_halt >= 0) agrees with exactness; steps: supervision steps
+    spent; lm_loss: mean token cross-entropy; q_halt_loss: BCE of q_halt against exactness;
+    q_continue_loss: BCE against the Q-continue target (only when there is one).
+    """
+    correct, counts, seq_correct = row_correctness(outputs.logits, labels)
+    divisor = jnp.maximum(counts, 1)[:, None]
+    f32 = jnp.float32
+    q_halt = outputs.q_halt_logits
+    rows = {
+        "accuracy": (correct / divisor).sum(-1),
+        "exact_accuracy": seq_correct.astype(f32),
+        "q_halt_accuracy": ((q_halt >= 0) == seq_correct).astype(f32),
+        "steps": steps.astype(f32),
+        "lm_loss": (token_cross_entropy(outputs.logits, labels, loss_type) / divisor).sum(-1),
+        "q_halt_loss": bce_with_logits(q_halt, seq_correct.astype(f32)),
+    }
+    if outputs.target_q_continue is not None:
+        rows["q_continue_loss"] = bce_with_logits(outputs.q_continue_logits,
+                                                  outputs.target_q_continue)
+    return rows, counts > 0
+
+
+# metrics averaged over halted, labelled rows; the losses are sums over every row
+COUNTED = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
+
+
 def loss_head(carry: Carry, outputs: Outputs, loss_type: LossType, step_penalty: float = 0.0,
               ) -> tuple[Float[Array, ""], Metrics]:
     """Total loss lm + 0.5 * (q_halt + q_continue) and metric sums over halted, labelled rows.
 
+    As official, the losses sum over every row (a padding row's q_halt BCE included; training
+    batches have no padding; evaluation reports `row_metrics` of labelled rows instead).
     `step_penalty` > 0 makes halting compute-aware: each row adds
     step_penalty * steps * BCE(q_halt, 1), a push towards halting that grows with the number of
     supervision steps already spent (0 reproduces the official loss).
     """
-    labels = carry.labels
-    correct, counts, seq_correct = row_correctness(outputs.logits, labels)
-    divisor = jnp.maximum(counts, 1)[:, None]
-
-    lm_loss = jnp.sum(token_cross_entropy(outputs.logits, labels, loss_type) / divisor)
-    q_halt = outputs.q_halt_logits
-    q_halt_loss = jnp.sum(bce_with_logits(q_halt, seq_correct.astype(jnp.float32)))
+    rows, labelled = row_metrics(carry.labels, outputs, carry.steps, loss_type)
+    lm_loss = jnp.sum(rows["lm_loss"])
+    q_halt_loss = jnp.sum(rows["q_halt_loss"])
     if step_penalty:
+        q_halt = outputs.q_halt_logits
         q_halt_loss = q_halt_loss + step_penalty * jnp.sum(
             carry.steps * bce_with_logits(q_halt, jnp.ones_like(q_halt)))
-    q_continue_loss = jnp.zeros((), jnp.float32)
-    if outputs.target_q_continue is not None:
-        q_continue_loss = jnp.sum(bce_with_logits(outputs.q_continue_logits,
-                                                  outputs.target_q_continue))
+    q_continue_loss = jnp.sum(rows.get("q_continue_loss", jnp.zeros((), jnp.float32)))
     total = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
 
-    valid = carry.halted & (counts > 0)
-    f32 = jnp.float32
-    metrics = {
-        "count": valid.sum().astype(f32),
-        "accuracy": jnp.sum(jnp.where(valid, (correct / divisor).sum(-1), 0.0)),
-        "exact_accuracy": (valid & seq_correct).sum().astype(f32),
-        "q_halt_accuracy": (valid & ((outputs.q_halt_logits >= 0) == seq_correct)).sum()
-        .astype(f32),
-        "steps": jnp.sum(jnp.where(valid, carry.steps, 0)).astype(f32),
-        "lm_loss": jax.lax.stop_gradient(lm_loss),
-        "q_halt_loss": jax.lax.stop_gradient(q_halt_loss),
-    }
-    if outputs.target_q_continue is not None:
+    valid = carry.halted & labelled
+    metrics = {"count": valid.sum().astype(jnp.float32)}
+    metrics |= {k: jnp.sum(jnp.where(valid, rows[k], 0.0)) for k in COUNTED}
+    metrics |= {"lm_loss": jax.lax.stop_gradient(lm_loss),
+                "q_halt_loss": jax.lax.stop_gradient(q_halt_loss)}
+    if "q_continue_loss" in rows:
         metrics["q_continue_loss"] = jax.lax.stop_gradient(q_continue_loss)
     return total, metrics
 
