@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import FIXTURES, OFFICIAL_CASES, damage_step, tiny_batch, tiny_config, tiny_model
-from test_data_fixtures import built_sudoku
+from test_data_fixtures import built_arc, built_sudoku
 
 import evaluate as evaluate_cli
 from data import fingerprint
@@ -23,7 +23,7 @@ from trm import parity
 from trm.checkpoint import Checkpointer
 from trm.eval_run import evaluate_split, evaluate_stream
 from trm.eval_source import ModelSource, load_model
-from trm.evaluation import Rollout
+from trm.evaluation import Rollout, rollout
 from trm.loop import model_config_for
 from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
@@ -90,10 +90,86 @@ def test_eval_rollouts_always_run_halt_max_steps():
         assert result.per_step["adaptive_mean_steps"] == adaptive_steps
 
 
-# Free-running (not teacher-forced) rollouts, held to `python -m trm.parity`'s one rule:
-# max(1e-5, 30 x the loss's own one-ulp sensitivity). The attention fixtures reproduce the
-# recorded losses to ~1e-6; the mlp_t one is chaotic (moving every weight by one ulp moves its
-# step-4 q_halt_loss by ~5e-3); counts and token accuracy are exact.
+@eqx.filter_jit
+def with_some_answers(model, inputs, labels, puzzle_identifiers):
+    """The model's rollout, except that rows whose inputs sum to a multiple of 3 hand the
+    voter their true answer, so that pass@K is neither all 0 nor all 1."""
+    result = rollout(model, inputs, labels, puzzle_identifiers)
+    pick = (inputs.sum(-1) % 3 == 0)[:, None] & (labels != -100)
+    return eqx.tree_at(lambda r: r.preds, result, jnp.where(pick, labels, result.preds))
+
+
+def test_every_metric_is_the_same_for_any_batch_size_and_device_count(tmp_path):
+    """Every name evaluation emits (official metrics, per-step curves, ARC pass@K and counts;
+    taken from the results, so a new metric is covered too) has one value whether the 21
+    ARC test rows run in one batch of 24 (3 padding rows) or two of 16 (11), on 1 or 2
+    devices. (A padding row counts as exactly right, so a leak shows in every metric.)
+
+    Rule: per-row values differ between batch shapes only by float32 rounding (measured:
+    means within 1.2e-7 relative), so values must agree to 1e-5 relative; a padding row or
+    a flipped decision moves a mean by at least ~5e-4 (one token of one row)."""
+    arc_dir = built_arc(tmp_path, num_aug=6)
+    meta = load_metadata(arc_dir, "test")
+    model = tiny_model(tiny_config(vocab_size=12, seq_len=900, L_layers=1, H_cycles=1,
+                                   L_cycles=1, num_heads=2, halt_max_steps=2,
+                                   num_puzzle_identifiers=meta.num_puzzle_identifiers))
+    model = eqx.tree_at(lambda m: m.q_head.bias, model, jnp.zeros_like(model.q_head.bias))
+    results = {(batch, devices): evaluate_split(model, arc_dir, "test", make_mesh(devices),
+                                                batch_size=batch, rollout_fn=with_some_answers)
+               for batch, devices in ((24, 1), (16, 1), (16, 2))}
+    reference = results[24, 1]
+    names = set(reference.flat())
+    assert {"q_halt_loss", "lm_loss", "exact_accuracy_at_step", "pass@2"} <= names
+    assert 0 < reference.arc["pass@2"] < 1 and 0 < reference.metrics["q_halt_accuracy"] < 1
+    assert 1 < reference.per_step["adaptive_mean_steps"] < 2
+    assert reference.metrics["count"] == reference.puzzles == meta.examples_per_epoch == 21
+    for config, result in results.items():
+        flat = result.flat()
+        assert set(flat) == names, config
+        for name, value in reference.flat().items():
+            assert flat[name] == pytest.approx(value, rel=1e-5, abs=1e-12), (config, name)
+
+
+# Free-running (not teacher-forced) rollouts reproduce the official recording only up to the
+# float32 rounding of the machine at hand, which the recursion amplifies (mlp_t: a one-ulp
+# change of every weight moves the step-4 logits by up to 4e-2 and q_halt_loss by ~2e-3).
+# Rule, as `python -m trm.parity` holds compounded quantities: a loss is held to max(1e-5,
+# K x its own one-ulp sensitivity); a discrete outcome (a token's argmax, a row's exactness, the
+# sign of q_halt) must match unless its margin is within K x its one-ulp change. K = 30.
+# Measured here: the TRM attention fixtures (SETTLED), < 5% of tokens and no q_halt sign
+# within that margin; TRM mlp_t, 82% of its step-4 tokens are, so its token accuracy and counts
+# are only loosely held here (its losses are, and `trm.parity` replays it step by step).
+K = parity.SENSITIVITY_FACTOR
+SETTLED = {"trm_official_attn_rope", "trm_official_attn_learned"}
+
+
+@eqx.filter_jit
+def _final_outputs(model, inputs, labels, ids):
+    carry = model.initial_carry(inputs.shape[0])
+    for _ in range(model.config.halt_max_steps):
+        carry, out = model(carry, inputs, labels, ids, train=False)
+    return out.logits, out.q_halt_logits
+
+
+def final_outputs(model, batch):
+    """(logits [B, S, V], q_halt [B]) after halt_max_steps eval steps, float64."""
+    logits, q_halt = _final_outputs(model, *(jnp.asarray(batch[k]) for k in parity.BATCH_KEYS))
+    return np.asarray(logits, np.float64), np.asarray(q_halt, np.float64)
+
+
+def unsettled(ours, perturbed, labels):
+    """Per row: fraction of labelled tokens whose argmax could flip, whether its exactness
+    could flip, whether its q_halt sign could (margins within K x the one-ulp change)."""
+    (logits, q), (logits_p, q_p) = ours, perturbed
+    top2 = np.sort(logits, -1)[..., -2:]
+    flip = (top2[..., 1] - top2[..., 0]) <= 2 * K * np.abs(logits_p - logits).max(-1)
+    mask = labels != -100
+    right = logits.argmax(-1) == labels
+    tokens = (flip & mask).sum(-1) / np.maximum(mask.sum(-1), 1)
+    exact = (flip & mask).any(-1) & ((right | flip) | ~mask).all(-1)
+    return tokens, exact, np.abs(q) <= K * np.abs(q_p - q)
+
+
 @pytest.mark.parametrize("name", [*(f"trm_official_{c}" for c in OFFICIAL_CASES),
                                   "hrm_official_attn_rope"])
 def test_official_fixture_gives_the_official_metrics(name):
@@ -102,26 +178,32 @@ def test_official_fixture_gives_the_official_metrics(name):
     batch = {k: fx.records[f"batch0/{k}"] for k in parity.BATCH_KEYS}
     model = load_model(ModelSource(official_weights=str(path))).model
     assert model.config == fx.config
+    perturbed_model = parity.from_official_state_dict(parity.one_ulp_perturbation(fx.params),
+                                                      fx.config)
     ours = evaluate_stream(model, [batch], make_mesh()).metrics
+    perturbed = evaluate_stream(perturbed_model, [batch], make_mesh()).metrics
     last = f"eval/step{fx.config.halt_max_steps}/"
     official = {k.rsplit("metric_", 1)[1]: float(v) for k, v in fx.records.items()
                 if k.startswith(last + "metric_")}
     # the official q_halt_loss also sums the unlabelled row's BCE(q_halt, 1); we report the
     # labelled rows': take that row's term (from its recorded logit) off the official sum
-    unlabelled = (batch["labels"] == -100).all(-1)
-    assert unlabelled.any()
-    q = fx.records[last + "q_halt_logits"][unlabelled].astype(np.float64)
+    labelled = (batch["labels"] != -100).any(-1)
+    assert not labelled.all()
+    q = fx.records[last + "q_halt_logits"][~labelled].astype(np.float64)
     official["q_halt_loss"] -= float(np.sum(np.maximum(q, 0) - q + np.log1p(np.exp(-abs(q)))))
     count = official["count"]
-    assert ours["count"] == count > 0
-    for name_ in ("exact_accuracy", "q_halt_accuracy", "steps"):
-        assert ours[name_] == official[name_] / count, name_
-    assert ours["accuracy"] * count == pytest.approx(official["accuracy"], rel=1e-5)
-    perturbed = evaluate_stream(parity.from_official_state_dict(
-        parity.one_ulp_perturbation(fx.params), fx.config), [batch], make_mesh()).metrics
+    assert ours["count"] == count > 0 and ours["steps"] == official["steps"] / count
+    tokens, exact, q_sign = (x[labelled] for x in unsettled(
+        final_outputs(model, batch), final_outputs(perturbed_model, batch), batch["labels"]))
+    assert abs(ours["accuracy"] * count - official["accuracy"]) <= (
+        tokens.sum() + 1e-5 * official["accuracy"])
+    assert abs(ours["exact_accuracy"] * count - official["exact_accuracy"]) <= exact.sum()
+    assert abs(ours["q_halt_accuracy"] * count - official["q_halt_accuracy"]) <= (
+        exact | q_sign).sum()
+    if name in SETTLED:                                 # the check is not vacuous
+        assert tokens.mean() < 0.05 and not q_sign.any()
     for name_ in ("lm_loss", "q_halt_loss"):
-        allowed = max(parity.TOLERANCE,
-                      parity.SENSITIVITY_FACTOR * relative(perturbed[name_], ours[name_]))
+        allowed = max(parity.TOLERANCE, K * relative(perturbed[name_], ours[name_]))
         assert relative(ours[name_] * count, official[name_]) <= allowed, name_
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,36 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir):
         assert {k: v for k, v in a.items() if k != "examples_per_s"} == {
             k: v for k, v in b.items() if k != "examples_per_s"}
     assert full.eval_metrics["test"]["count"] == 16
+
+
+def test_eval_lines_and_only_measured_train_metrics(tmp_path, data_dir, capsys):
+    """One terminal line per evaluation; Aim gets accuracy, exact accuracy, q_halt accuracy
+    and steps only on steps where rows halted (none can before step 3 = halt_max_steps)."""
+    aim = pytest.importorskip("aim")
+    from aim.sdk.index_manager import RepoIndexManager
+
+    repo = tmp_path / "aim"
+    args = tiny_args(tmp_path / "run", data_dir, "--max-steps", "12", "--tracking.repo",
+                     str(repo))
+    assert train_cli.main([a for a in args if a != "--no-track"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("eval step")]
+    assert [x.split(" test:")[0] for x in lines] == ["eval step 6/12 epoch 1.0",
+                                                     "eval step 12/12 epoch 2.0"]
+    assert all(re.search(r"exact [\d.]+ token [\d.]+ halting 3.00 steps \(exact [\d.]+\) "
+                         r"\[\d+:\d\d\]$", x) for x in lines), lines
+
+    found = aim.Repo.from_path(str(repo))
+    (run_hash,) = found.list_all_runs()
+    RepoIndexManager.get_index_manager(found).index(run_hash)
+    train_steps = {}
+    for metric in found.query_metrics("metric.context.subset == 'train'").iter():
+        steps, (values, _, _) = metric.data.items_list()
+        train_steps[metric.name] = dict(zip(steps, values))
+    assert sorted(train_steps["lm_loss"]) == list(range(1, 13))
+    halted = [s for s, n in train_steps["count"].items() if n > 0]
+    assert 1 not in halted and 2 not in halted and 3 in halted
+    for name in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
+        assert sorted(train_steps[name]) == halted, name
 
 
 def test_resume_after_sigkill(tmp_path, data_dir):

@@ -125,7 +125,9 @@ def test_normalize_metrics_follows_official_reporting():
             "steps": np.float32(10)}
     out = normalize_metrics(sums, global_batch=8)
     assert out == {"accuracy": 0.75, "lm_loss": 2.0, "steps": 2.5, "count": 4.0}
-    assert normalize_metrics(dict(sums, count=np.float32(0)), 8)["accuracy"] == 3.0
+    # no row halted: nothing measured, so no accuracy or steps (not a 0); the loss is there
+    assert normalize_metrics(dict(sums, count=np.float32(0), accuracy=np.float32(0),
+                                  steps=np.float32(0)), 8) == {"lm_loss": 2.0, "count": 0.0}
 
 
 def test_exploration_keeps_rows_going_past_a_positive_q_halt():

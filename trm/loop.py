@@ -19,7 +19,6 @@ import dataclasses
 import math
 import shutil
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from trm.config import ConfigError, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
+from trm.progress import Reporter
 from trm.run_config import MeshConfig, RunConfig
 from trm.schedule import total_steps
 from trm.tracking import Tracker
@@ -301,12 +301,12 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if tracker.enabled:
         tracker.run["num_params"] = int(sum(x.size for x in jax.tree.leaves(
             state.model) if hasattr(x, "size")))
-    history: list[dict[str, float]] = []
     evals: dict[str, dict[str, float]] = {}
     bar = tqdm(total=last_step, initial=start, disable=not progress or jax.process_index() != 0,
                unit="step", dynamic_ncols=True)
+    report = Reporter(tracker, bar, global_batch=o.global_batch_size,
+                      examples_per_epoch=metadata.examples_per_epoch, last_step=last_step)
     pending, phase_now, step_fn = None, None, None
-    tick = time.perf_counter()
     try:
         for step in range(start + 1, last_step + 1):
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
@@ -317,24 +317,23 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
             state, sums = step_fn(state, batch)
             checkpointer.check_for_errors()  # a failed async save stops the run now
             if pending is not None:
-                _record(pending, o.global_batch_size, history, tracker, bar, tick)
-                tick = time.perf_counter()
+                report.train_step(*_fetch(pending, o.global_batch_size))
             pending = (step, sums)
             is_eval = eval_every is not None and step % eval_every == 0 or step == last_step
             if is_eval or (cfg.checkpoint.every_n_steps and
                            step % cfg.checkpoint.every_n_steps == 0):
-                _record(pending, o.global_batch_size, history, tracker, bar, tick)
-                pending, tick = None, time.perf_counter()
+                report.train_step(*_fetch(pending, o.global_batch_size))
+                pending = None
                 to_save = with_model_config(state, model_cfg)
                 if is_eval and cfg.eval.eval_sets:
                     model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
                     evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
-                    for split, metrics in evals.items():
-                        tracker.track(metrics, step, {"subset": "eval", "set": split})
+                    report.evaluation(step, evals)
                 flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
                 checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
+                report.restart_clock()
         if pending is not None:
-            _record(pending, o.global_batch_size, history, tracker, bar, tick)
+            report.train_step(*_fetch(pending, o.global_batch_size))
         checkpointer.close()
     except NonFiniteLossError as e:
         message = _stop_message(e, checkpointer)
@@ -347,20 +346,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     finally:
         bar.close()
         tracker.close()
-    return TrainResult(state=state, steps=int(state.step), train_metrics=history,
+    return TrainResult(state=state, steps=int(state.step), train_metrics=report.history,
                        eval_metrics=evals)
 
 
 def _scalar_evals(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     return {split: _scalars(m) for split, m in results.items()}
 
-
-def _record(pending, global_batch, history, tracker, bar, tick) -> None:
-    step, metrics = _fetch(pending, global_batch)
-    seconds = max(time.perf_counter() - tick, 1e-9)
-    metrics["examples_per_s"] = global_batch / seconds
-    history.append(metrics)
-    tracker.track(metrics, step)
-    bar.update(step - bar.n)
-    bar.set_postfix(loss=f"{metrics['lm_loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                    ex_s=f"{metrics['examples_per_s']:.0f}", refresh=False)

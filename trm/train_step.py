@@ -104,10 +104,15 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
 
 
 def normalize_metrics(sums: Mapping[str, ArrayLike], global_batch: int) -> dict[str, float]:
-    """Official reporting: losses per global batch, other sums per counted (halted) row."""
-    count = max(float(sums["count"]), 1.0)
+    """Official reporting: losses per global batch, other sums per counted (halted) row.
+
+    The per-row metrics (accuracy, exact_accuracy, q_halt_accuracy, steps) are absent on a
+    step where no row halted: nothing was measured (the official code reports 0 there).
+    """
+    count = float(sums["count"])
     return {k: float(v) / (global_batch if k.endswith("loss") else count)
-            for k, v in sums.items() if k != "count"} | {"count": float(sums["count"])}
+            for k, v in sums.items()
+            if k != "count" and (count or k.endswith("loss"))} | {"count": count}
 
 
 def loss_and_grads(model: ACTModel, carry: Carry, *, scale: float,
