@@ -14,6 +14,6 @@ def test_sudoku_tiny_learns(tmp_path):
     rises from chance (~0.11 over 9 digits) to >= 0.4 (measured: 0.45)."""
     result = train(parse_cli(["sudoku-tiny", "--no-track", "--run-dir", str(tmp_path),
                               "--data.data-dir", str(tmp_path / "data")]), progress=False)
-    curve = [m["accuracy"] for m in result.train_metrics]
+    curve = [m["accuracy"] for m in result.train_metrics if "accuracy" in m]
     assert result.steps == 625
     assert result.eval_metrics["test"]["accuracy"] >= 0.4, curve[::50]
