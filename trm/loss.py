@@ -74,7 +74,7 @@ def row_metrics(labels: Int[Array, "B S"], outputs: Outputs, steps: Int[Array, "
     f32 = jnp.float32
     q_halt = outputs.q_halt_logits
     rows = {
-        "accuracy": (correct / divisor).sum(-1),
+        "accuracy": correct.sum(-1) / divisor[:, 0],      # one rounding: order-independent
         "exact_accuracy": seq_correct.astype(f32),
         "q_halt_accuracy": ((q_halt >= 0) == seq_correct).astype(f32),
         "steps": steps.astype(f32),
