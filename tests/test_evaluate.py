@@ -300,6 +300,8 @@ def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
     (["--checkpoint-dir", "{ckpt}", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--checkpoint-dir", "{ckpt}", "--mesh.data", "9"], "--mesh.data 9: 8 device(s) available"),
     (["--checkpoint-dir", "{ckpt}", "--mesh.data", "0"], "--mesh.data must be -1 or >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "9"], "--mesh.data 9: 8 device(s) available"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "0"], "--devices must be >= 1"),
     (["--checkpoint-dir", "{ckpt}", "--halt-max-steps", "0"], "--halt-max-steps must be"),
     (["--checkpoint-dir", "{ckpt}", "--step", "-1"], "--step must be >= 0"),
 ])

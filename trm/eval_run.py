@@ -182,6 +182,8 @@ class EvalArgs(ModelSource):
     """Devices and hosts, as in training: --mesh.data N devices; multi-host
     --mesh.distributed (every host runs the same command and reads its shard of each batch;
     process 0 prints, writes the outputs and tracks)."""
+    devices: int | None = None
+    """Same as --mesh.data N (the flag's earlier name, kept for existing scripts)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -189,6 +191,11 @@ class EvalArgs(ModelSource):
         super().__post_init__()
         require(self.batch_size is None or self.batch_size >= 1, self, "batch_size",
                 f"must be >= 1, got {self.batch_size}")
+        if self.devices is not None:
+            require(self.devices >= 1, self, "devices", f"must be >= 1, got {self.devices}")
+            require(self.mesh.data in (-1, self.devices), self, "devices",
+                    f"{self.devices} contradicts --mesh.data {self.mesh.data}")
+            object.__setattr__(self, "mesh", dataclasses.replace(self.mesh, data=self.devices))
 
     def output_path(self, suffix: str) -> str:
         """<out without .json><suffix>, next to out (a local path or a URL)."""
