@@ -24,8 +24,25 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 
 def as_path(path: str | os.PathLike[str]) -> epath.Path:
-    """A pathlib-like path for a local path or a URL (`Path("gs://b/x")` would lose the //)."""
+    """A pathlib-like path for a local path or a URL (`Path("gs://b/x")` would lose the //).
+
+    Raises ValueError (one line) for a URL whose file system is unknown or needs a package
+    that is not installed (`gs://` without `gcsfs`)."""
+    if is_url(path):
+        _require_backend(os.fspath(path))
     return epath.Path(path)
+
+
+def _require_backend(url: str) -> None:
+    import fsspec  # etils.epath opens URLs through fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as e:  # e.g. "Please install gcsfs to access Google Storage"
+        raise ValueError(f"{url}: {e}") from None
+    except ValueError:
+        raise ValueError(f"{url}: unknown storage scheme {scheme}://") from None
 
 
 def cache_root() -> Path:

@@ -20,7 +20,7 @@ import evaluate as evaluate_cli
 from data.common import atomic_file
 from data.storage import as_path, is_url, local_copy
 from trm.checkpoint import Checkpointer
-from trm.config import ModelConfig
+from trm.config import ConfigError, ModelConfig
 from trm.eval_source import restore_checkpoint
 from trm.loop import prepare_data
 from trm.run_config import CheckpointConfig, parse_cli
@@ -64,7 +64,7 @@ def _built_sudoku(tmp_path: Path, n_test: int) -> Path:
     return built_sudoku(tmp_path / "build", n_train=8, n_test=n_test)
 
 
-def test_urls_keep_their_double_slash():
+def test_urls_keep_their_double_slash(bucket):  # gs:// served by the stand-in
     assert is_url("gs://b/x") and not is_url("runs/x") and not is_url(Path("/tmp/x"))
     assert str(as_path("gs://b/run") / "checkpoints") == "gs://b/run/checkpoints"
     assert str(as_path("gs://b/res.json").with_name("res_per_step.png")) == \
@@ -98,9 +98,8 @@ def test_data_sets_from_a_url_are_copied_once_and_refreshed(bucket, tmp_path):
     assert local_copy(tmp_path / "build/sudoku") == tmp_path / "build/sudoku"  # local paths as they are
     with pytest.raises(FileNotFoundError, match="gs://bucket/nothing: not a built data set"):
         local_copy("gs://bucket/nothing")
-    cfg = parse_cli(["sudoku-tiny", "--data.data-dir", "gs://bucket/sudoku"])
-    with pytest.raises(ValueError, match="data.generate writes a local data set"):
-        prepare_data(cfg)
+    with pytest.raises(ConfigError, match="--data.data-dir gs://bucket/sudoku: the generated"):
+        parse_cli(["sudoku-tiny", "--data.data-dir", "gs://bucket/sudoku"])
     no_generate = parse_cli(["sudoku-tiny", "--data.data-dir", "gs://bucket/sudoku",
                              "--data.generate", "none"])
     assert prepare_data(no_generate) == local
@@ -159,3 +158,17 @@ def test_sweeps_keep_done_markers_at_a_url_root_and_logs_here(bucket, tmp_path, 
     assert [o.status for o in again] == ["skipped"]
     with pytest.raises(ValueError, match="give a local --root"):
         runner.script(runs, "x")
+
+
+def test_a_url_without_its_file_system_is_one_error_line(tmp_path, capsys):
+    """An unknown scheme (or gs:// without gcsfs) stops with one line, not a traceback."""
+    import evaluate as evaluate_cli
+
+    with pytest.raises(ValueError, match="unknown storage scheme nosuchfs://"):
+        as_path("nosuchfs://bucket/x")
+    out = tmp_path / "res.json"
+    rc = evaluate_cli.main(["--checkpoint-dir", "nosuchfs://bucket/run/checkpoints",
+                            "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: nosuchfs://bucket/run/checkpoints: ")
+    assert "\n" not in err and not out.exists()

@@ -146,9 +146,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     from data.generate import ensure_tiny_dataset
 
     d = cfg.data
-    if is_url(d.data_dir):
-        if d.generate != "none":
-            raise ValueError(f"data.generate writes a local data set, not {d.data_dir}")
+    if is_url(d.data_dir):  # RunConfig refuses generate with a URL
         return local_copy(d.data_dir)
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")

@@ -192,6 +192,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(0 <= self.min_clues <= 81, self, "min_clues",
                 f"must be in 0..81, got {self.min_clues}")
+        require(self.generate == "none" or "://" not in self.data_dir, self, "data_dir",
+                f"{self.data_dir}: the generated {self.generate} data set is written "
+                f"locally (--data.generate {self.generate}, set by the preset); give a "
+                f"local directory")
         _at_least(self, "num_train", 1)
         _at_least(self, "num_test", 1)
         _at_least(self, "num_workers", 0)

@@ -140,7 +140,8 @@ def describe(trace: Trace) -> str:
     """Terminal view: one line per step (q_halt, P(halt), cells changed, correct), the grid
     after every step that changed it, and where adaptive halting would stop."""
     p = trace.puzzle
-    lines = [f"{p.kind} {p.name}: {len(trace.q_halt)} supervision steps", "input:",
+    title = p.kind if p.name == p.kind else f"{p.kind} {p.name}"
+    lines = [f"{title}: {len(trace.q_halt)} supervision steps", "input:",
              grid_text(p.kind, cells(p.kind, p.inputs))]
     before = cells(p.kind, p.inputs)
     for k, (pred, q) in enumerate(zip(trace.step_preds, trace.q_halt), start=1):
