@@ -19,7 +19,7 @@ import jax
 from train_step import bench
 
 from trm.models import build_model, network_filter
-from trm.run_config import PRESETS
+from trm.presets import PRESETS
 
 DEFAULT = ("sudoku-extreme", "sudoku-extreme-attn", "sudoku-extreme-trm-singlez",
            "sudoku-extreme-trm-hier6", "sudoku-extreme-hrm", "sudoku-extreme-transformer")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sweeps.configs import get_path, override
-from trm.run_config import ARCH_YAML, PRESETS, RunConfig
+from trm.presets import ARCH_YAML, PRESETS
+from trm.run_config import RunConfig
 
 PRESET = "sudoku-extreme"
 """The preset the baseline derives from; generated commands start with it."""

@@ -25,7 +25,8 @@ from sweeps.catalog import PRESET, Experiment, aliases, canonical
 from sweeps.configs import override, tyro_flags
 from sweeps.launch import bash_launch_line, launch_argv
 from sweeps.scale import scale_cpu
-from trm.run_config import PRESETS, RunConfig
+from trm.presets import PRESETS
+from trm.run_config import RunConfig
 
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 MARKER = "DONE"

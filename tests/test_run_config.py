@@ -9,7 +9,8 @@ import pytest
 
 from trm import run_config as rc
 from trm.config import ConfigError
-from trm.run_config import PRESETS, RunConfig, parse_cli
+from trm.presets import PRESETS
+from trm.run_config import RunConfig, parse_cli
 
 SECTIONS = (rc.OptimConfig, rc.EvalConfig, rc.CheckpointConfig, rc.TrackingConfig,
             rc.MeshConfig, rc.DataConfig, rc.CurriculumConfig, rc.HaltingConfig, rc.RunConfig)

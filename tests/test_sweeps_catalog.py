@@ -12,7 +12,8 @@ from sweeps.configs import diff, get_path, override, tyro_flags
 from sweeps.runner import Settings, plan, run_config
 from sweeps.scale import scale_cpu
 from trm.optim import lr_batch_scale
-from trm.run_config import PRESETS, RunConfig, parse_cli
+from trm.presets import PRESETS
+from trm.run_config import RunConfig, parse_cli
 
 MAIN_GROUPS = ["baseline", "exp01", "exp02a", "exp02b", "exp03", "exp04a", "exp04b", "exp05",
                "exp06", "exp07", "exp08", "exp09", "exp10", "contrib01", "contrib02"]
