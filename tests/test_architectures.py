@@ -83,10 +83,14 @@ def test_hrm_one_step_gradient():
 
     @jax.jit
     def frozen_updates(model, carry):
-        x = jax.vmap(model.embed)(carry.inputs, model.puzzle_rows(carry.puzzle_identifiers))
+        x = model.embed(carry.inputs, model.puzzle_rows(carry.puzzle_identifiers))
         rope = model.rope()
-        L = jax.vmap(lambda z, inj: model.L_level(z, inj, rope))
-        H = jax.vmap(lambda z, inj: model.H_level(z, inj, rope))
+        def L(z, inj):
+            return model.L_level(z, inj, rope)
+
+        def H(z, inj):
+            return model.H_level(z, inj, rope)
+
         z_H, z_L = carry.z_H, carry.z_L
         z_L = L(L(z_L, z_H + x), z_H + x)   # cycle 1: two L updates, one H update
         z_H = H(z_H, z_L)

@@ -6,7 +6,8 @@ its initial-state vectors; this module supplies the rest, identical for all of t
 official code does: token / position / puzzle embeddings, the LM and Q heads, the carry, its
 reset, the step counter, halting, exploration and the Q-continue target.
 
-Per-example shapes: `L = prefix_len + seq_len` positions, `D = hidden_size`.
+Shapes: `B` rows (examples), `L = prefix_len + seq_len` positions, `D = hidden_size`. Everything
+runs on the whole batch at once (no `jax.vmap` over examples).
 """
 
 from __future__ import annotations
@@ -92,13 +93,13 @@ class ACTModel(eqx.Module):
     config: eqx.AbstractVar[ModelConfig]
 
     @abc.abstractmethod
-    def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-              z_L: Float[Array, "*n L D"] | None, rope: Rope,
-              ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"] | None]:
+    def inner(self, x: Float[Array, "B L D"], z_H: Float[Array, "B L D"],
+              z_L: Float[Array, "B *n L D"] | None, rope: Rope,
+              ) -> tuple[Float[Array, "B L D"], Float[Array, "B *n L D"] | None]:
         """One supervision step's recursion from (z_H, z_L) with input embedding x; gradients
         flow only where the architecture lets them."""
 
-    # ---- one example -------------------------------------------------------------------
+    # ---- one supervision step --------------------------------------------------------
 
     def rope(self) -> Rope:
         c = self.config
@@ -106,33 +107,34 @@ class ACTModel(eqx.Module):
             return None
         return rope_tables(c.total_len, c.head_dim, c.rope_theta)
 
-    def embed(self, inputs: Int[Array, " S"], puzzle_row: Float[Array, " pdim"] | None,
-              ) -> Float[Array, "L D"]:
+    def embed(self, inputs: Int[Array, "B S"], puzzle_rows: Float[Array, "B pdim"] | None,
+              ) -> Float[Array, "B L D"]:
         """Token embeddings, puzzle-embedding prefix, positions, times sqrt(D)."""
         c = self.config
         dtype = forward_dtype(c)
         x = self.embed_tokens(inputs, dtype)
-        if puzzle_row is not None:
-            padded = jnp.pad(puzzle_row.astype(dtype), (0, c.prefix_len * c.hidden_size
-                                                        - puzzle_row.shape[0]))
-            x = jnp.concatenate([padded.reshape(c.prefix_len, c.hidden_size), x], axis=0)
+        if puzzle_rows is not None:
+            batch, pdim = puzzle_rows.shape
+            padded = jnp.pad(puzzle_rows.astype(dtype),
+                             ((0, 0), (0, c.prefix_len * c.hidden_size - pdim)))
+            x = jnp.concatenate([padded.reshape(batch, c.prefix_len, c.hidden_size), x], axis=1)
         if self.embed_pos is not None:
-            x = 0.707106781 * (x + self.embed_pos.weight.astype(dtype))
+            x = 0.707106781 * (x + self.embed_pos.weight.astype(dtype)[None])
         return math.sqrt(c.hidden_size) * x
 
-    def deep_recursion(self, z_H: Float[Array, "L D"], z_L: Float[Array, "*n L D"] | None,
-                       inputs: Int[Array, " S"], puzzle_row: Float[Array, " pdim"] | None,
-                       ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"] | None,
-                                  Float[Array, "S V"], Float[Array, " 2"]]:
+    def deep_recursion(self, z_H: Float[Array, "B L D"], z_L: Float[Array, "B *n L D"] | None,
+                       inputs: Int[Array, "B S"], puzzle_rows: Float[Array, "B pdim"] | None,
+                       ) -> tuple[Float[Array, "B L D"], Float[Array, "B *n L D"] | None,
+                                  Float[Array, "B S V"], Float[Array, "B 2"]]:
         """One supervision step: embed, `inner`, heads.
 
         Returns the new (z_H, z_L) with gradients stopped, the token logits (puzzle prefix
         removed) and the two Q logits (float32).
         """
-        x = self.embed(inputs, puzzle_row)
+        x = self.embed(inputs, puzzle_rows)
         z_H, z_L = self.inner(x, z_H, z_L, self.rope())
-        logits = self.lm_head(z_H)[self.config.prefix_len:]
-        q = self.q_head(z_H[0]).astype(jnp.float32)
+        logits = self.lm_head(z_H)[:, self.config.prefix_len:]
+        q = self.q_head(z_H[:, 0]).astype(jnp.float32)
         return jax.lax.stop_gradient(z_H), jax.lax.stop_gradient(z_L), logits, q
 
     # ---- a batch: ACT ------------------------------------------------------------------
@@ -189,8 +191,7 @@ class ACTModel(eqx.Module):
         c = self.config
         if puzzle_rows is None:
             puzzle_rows = self.puzzle_rows(carry.puzzle_identifiers)
-        recurse = jax.vmap(self.deep_recursion)
-        z_H, z_L, logits, q = recurse(carry.z_H, carry.z_L, carry.inputs, puzzle_rows)
+        z_H, z_L, logits, q = self.deep_recursion(carry.z_H, carry.z_L, carry.inputs, puzzle_rows)
         q_halt, q_continue = q[:, 0], q[:, 1]
         steps = carry.steps + 1
         is_last = steps >= c.halt_max_steps
@@ -203,7 +204,7 @@ class ACTModel(eqx.Module):
                 min_halt_steps = self.exploration_min_steps(key, steps.shape[0])
             halted = halted & (steps >= min_halt_steps)
             if c.trains_q_continue:
-                _, _, _, next_q = recurse(z_H, z_L, carry.inputs, puzzle_rows)
+                _, _, _, next_q = self.deep_recursion(z_H, z_L, carry.inputs, puzzle_rows)
                 next_q = jax.lax.stop_gradient(next_q)
                 target = jax.nn.sigmoid(jnp.where(
                     is_last, next_q[:, 0], jnp.maximum(next_q[:, 0], next_q[:, 1])))

@@ -1,7 +1,7 @@
 """The Hierarchical Reasoning Model (HRM; official models/recursive_reasoning/hrm.py).
 
 Two stacks with their own weights, L_level (L_layers blocks) and H_level (H_layers blocks), and
-two latents. One supervision step, per example:
+two latents. One supervision step (on the whole batch):
 
     for H_cycles cycles:
         L_cycles times: z_L = L_level(z_L, z_H + x)
@@ -48,14 +48,14 @@ class HRM(ACTModel):
         self.H_init = trunc_normal(keys[6], (config.hidden_size,), 1.0)
         self.L_init = trunc_normal(keys[7], (config.hidden_size,), 1.0)
 
-    def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-              z_L: Float[Array, "L D"], rope: Rope,
-              ) -> tuple[Float[Array, "L D"], Float[Array, "L D"]]:
+    def inner(self, x: Float[Array, "B L D"], z_H: Float[Array, "B L D"],
+              z_L: Float[Array, "B L D"], rope: Rope,
+              ) -> tuple[Float[Array, "B L D"], Float[Array, "B L D"]]:
         """H_cycles x (L_cycles L updates, one H update); only the last two with gradient."""
         c = self.config
         frozen, (x_ng, z_H, z_L) = stop_gradient_tree((self, (x, z_H, z_L)))
 
-        def l_updates(n: int, z_H: Float[Array, "L D"], z_L: Float[Array, "L D"]):
+        def l_updates(n: int, z_H: Float[Array, "B L D"], z_L: Float[Array, "B L D"]):
             return jax.lax.fori_loop(0, n, lambda _, z: frozen.L_level(z, z_H + x_ng, rope), z_L)
 
         def cycle(_, zs):

@@ -1,4 +1,7 @@
-"""Building blocks shared by every architecture, per example (`[seq, dim]`), weights float32.
+"""Building blocks shared by every architecture, on a batch (`[B, L, D]`), weights float32.
+
+The network runs on the batch directly (no `jax.vmap` over examples), so every matmul is one
+XLA dot over all rows and the weight gradients are single contractions over the batch.
 
 Every layer casts its float32 weights to the dtype of its input, so the forward dtype is chosen
 once, by the dtype of the embeddings (see `trm.models.act`).
@@ -42,19 +45,21 @@ def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
     return round_up(round(expansion * hidden_size * 2 / 3), 256)
 
 
-def matmul(x: Float[Array, "*batch k"], w: Float[Array, "k n"]) -> Float[Array, "*batch n"]:
-    """x @ w accumulated in float32, result in x's dtype (the same numbers as a bfloat16 matmul
-    whose products are summed in float32, as cuBLAS and oneDNN do).
+def einsum(subscripts: str, a: Array, b: Array) -> Array:
+    """`jnp.einsum` of two operands of one dtype, accumulated in float32, result in their dtype
+    (the numbers of a bfloat16 matmul whose products are summed in float32, as cuBLAS and
+    oneDNN do).
 
     Spelled with `preferred_element_type=float32` because XLA:CPU runs that form of a bfloat16
     dot in YNNPACK (AMX / AVX512-BF16), while a bfloat16-in, bfloat16-out dot is upcast to a
-    float32 matmul; for float32 inputs it is the plain matmul.
+    float32 matmul; for float32 inputs it is the plain einsum.
     """
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
 class Linear(eqx.Module):
-    """y = x W^T (+ b); W is [out, in] (PyTorch layout), LeCun truncated-normal init."""
+    """y = x W^T (+ b) over the last axis of x; W is [out, in] (PyTorch layout), LeCun
+    truncated-normal init."""
 
     weight: Float[Array, "out in"]
     bias: Float[Array, " out"] | None
@@ -65,9 +70,9 @@ class Linear(eqx.Module):
         self.bias = jnp.zeros((out_features,), jnp.float32) if bias else None
 
     def __call__(self, x: Float[Array, "*batch in"]) -> Float[Array, "*batch out"]:
-        y = matmul(x, self.weight.T.astype(x.dtype))
+        y = einsum("...i,oi->...o", x, self.weight.astype(x.dtype))
         if self.bias is not None:
-            y = y + self.bias.astype(x.dtype)
+            y = y + self.bias.astype(x.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         return y
 
 
@@ -99,28 +104,30 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[
     return jnp.cos(emb), jnp.sin(emb)
 
 
+Rope = tuple[Float[Array, "L hd"], Float[Array, "L hd"]] | None
+
+
 def rotate_half(x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
     x1, x2 = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x: Float[Array, "seq heads head_dim"], cos: Float[Array, "seq head_dim"],
-               sin: Float[Array, "seq head_dim"]) -> Float[Array, "seq heads head_dim"]:
+def apply_rope(x: Float[Array, "B L heads head_dim"], cos: Float[Array, "L head_dim"],
+               sin: Float[Array, "L head_dim"]) -> Float[Array, "B L heads head_dim"]:
     """Rotate queries or keys by position (computed in the tables' float32, cast back)."""
     x32 = x.astype(cos.dtype)
-    out = x32 * cos[:, None, :] + rotate_half(x32) * sin[:, None, :]
-    return out.astype(x.dtype)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def attention(q: Float[Array, "seq heads hd"], k: Float[Array, "seq heads hd"],
-              v: Float[Array, "seq heads hd"]) -> Float[Array, "seq heads hd"]:
+def attention(q: Float[Array, "B L heads hd"], k: Float[Array, "B L heads hd"],
+              v: Float[Array, "B L heads hd"]) -> Float[Array, "B L heads hd"]:
     """Non-causal scaled dot-product attention: scores and softmax in float32, both matmuls with
     operands in the input dtype and float32 accumulation (`jax.nn.dot_product_attention`'s
     XLA recipe)."""
-    scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores * (1.0 / math.sqrt(q.shape[-1])), axis=-1).astype(q.dtype)
-    return jnp.einsum("hqk,khd->qhd", probs, v, preferred_element_type=jnp.float32
-                      ).astype(q.dtype)
+    return einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 class Attention(eqx.Module):
@@ -142,16 +149,15 @@ class Attention(eqx.Module):
         self.o_proj = Linear(width, hidden_size, key=k_o)
         self.num_heads = num_heads
 
-    def __call__(self, x: Float[Array, "seq dim"],
-                 rope: tuple[Float[Array, "seq head_dim"], Float[Array, "seq head_dim"]] | None,
-                 ) -> Float[Array, "seq dim"]:
-        seq_len = x.shape[0]
+    def __call__(self, x: Float[Array, "B L D"], rope: Rope) -> Float[Array, "B L D"]:
+        batch, seq_len, _ = x.shape
         width = self.o_proj.weight.shape[1]
-        qkv = self.qkv_proj(x).reshape(seq_len, 3 * self.num_heads, width // self.num_heads)
-        q, k, v = jnp.split(qkv, 3, axis=1)
+        qkv = self.qkv_proj(x).reshape(batch, seq_len, 3 * self.num_heads,
+                                       width // self.num_heads)
+        q, k, v = jnp.split(qkv, 3, axis=2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.o_proj(attention(q, k, v).reshape(seq_len, width))
+        return self.o_proj(attention(q, k, v).reshape(batch, seq_len, width))
 
 
 class SwiGLU(eqx.Module):
@@ -171,9 +177,6 @@ class SwiGLU(eqx.Module):
         return self.down_proj(jax.nn.silu(gate) * up)
 
 
-Rope = tuple[Float[Array, "L hd"], Float[Array, "L hd"]] | None
-
-
 class Block(eqx.Module):
     """Post-norm block: x = rms(x + mix(x)); x = rms(x + SwiGLU(x))."""
 
@@ -190,12 +193,14 @@ class Block(eqx.Module):
         self.mlp = SwiGLU(config.hidden_size, config.expansion, key=k_mlp)
         self.eps = config.rms_norm_eps
 
-    def __call__(self, x: Float[Array, "L D"], rope: Rope) -> Float[Array, "L D"]:
+    def __call__(self, x: Float[Array, "B L D"], rope: Rope) -> Float[Array, "B L D"]:
         if isinstance(self.mixer, Attention):
             x = rms_norm(x + self.mixer(x, rope), self.eps)
-        else:  # mlp_t: SwiGLU along the sequence axis, normalised over it
-            xt = x.T
-            x = rms_norm(xt + self.mixer(xt), self.eps).T
+        else:  # mlp_t: SwiGLU along the sequence axis, normalised over it (on x^T, as the
+            # official code: contracting over L in place makes XLA:CPU emit transposed-operand
+            # bfloat16 dots that its Eigen fallback cannot run)
+            xt = jnp.swapaxes(x, -1, -2)
+            x = jnp.swapaxes(rms_norm(xt + self.mixer(xt), self.eps), -1, -2)
         return rms_norm(x + self.mlp(x), self.eps)
 
 
@@ -209,8 +214,8 @@ class ReasoningNet(eqx.Module):
         keys = jax.random.split(key, num_layers)
         self.blocks = eqx.filter_vmap(lambda k: Block(config, key=k))(keys)
 
-    def __call__(self, h: Float[Array, "L D"], injection: Float[Array, "L D"] | None,
-                 rope: Rope) -> Float[Array, "L D"]:
+    def __call__(self, h: Float[Array, "B L D"], injection: Float[Array, "B L D"] | None,
+                 rope: Rope) -> Float[Array, "B L D"]:
         if injection is not None:
             h = h + injection
         params, static = eqx.partition(self.blocks, eqx.is_array)

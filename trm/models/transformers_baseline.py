@@ -39,7 +39,7 @@ class TransformerBaseline(ACTModel):
         self.H_level = ReasoningNet(config, config.H_layers, key=keys[4])
         self.H_init = trunc_normal(keys[5], (config.hidden_size,), 1.0)
 
-    def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"], z_L: None, rope: Rope,
-              ) -> tuple[Float[Array, "L D"], None]:
+    def inner(self, x: Float[Array, "B L D"], z_H: Float[Array, "B L D"], z_L: None,
+              rope: Rope) -> tuple[Float[Array, "B L D"], None]:
         """One pass of the stack with the input injected: z_H = H_level(z_H + x)."""
         return self.H_level(z_H, x, rope), None

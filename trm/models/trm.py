@@ -2,10 +2,10 @@
 
 `arch` "trm" is the paper's model, "trm_singlez" its single-latent ablation (only z_L, read
 by the heads), "trm_hier6" the six-latent variant (official trm_hier6.py: z_L holds six
-latents [6, L, D]; L step l rewrites latent l from their sum).
+latents [B, 6, L, D]; L step l rewrites latent l from their sum).
 
-Per-example shapes: `L = prefix_len + seq_len` positions, `D = hidden_size`.
-The recursion follows the paper's pseudocode:
+Shapes: `B` rows, `L = prefix_len + seq_len` positions, `D = hidden_size`; the network and the
+recursion run on the whole batch. The recursion follows the paper's pseudocode:
 
     def latent_recursion(x, y, z):        # y = z_H (answer), z = z_L (latent)
         for i in range(L_cycles): z = net(z, y + x)
@@ -34,9 +34,9 @@ from trm.models.layers import Embedding, Linear, ReasoningNet, Rope, trunc_norma
 HIER6_LATENTS = 6
 
 
-def latent_sum(z_L: Float[Array, "n L D"]) -> Float[Array, "L D"]:
-    """z_L[0] + z_L[1] + ... in that order (the official float32 summation order)."""
-    return functools.reduce(operator.add, [z_L[i] for i in range(z_L.shape[0])])
+def latent_sum(z_L: Float[Array, "B n L D"]) -> Float[Array, "B L D"]:
+    """z_L[:, 0] + z_L[:, 1] + ... in that order (the official float32 summation order)."""
+    return functools.reduce(operator.add, [z_L[:, i] for i in range(z_L.shape[1])])
 
 
 def use_remat(config: ModelConfig) -> bool:
@@ -69,9 +69,9 @@ class TRM(ACTModel):
         n_latents = (HIER6_LATENTS,) if config.arch == "trm_hier6" else ()
         self.L_init = trunc_normal(keys[5], (*n_latents, config.hidden_size), 1.0)
 
-    def latent_recursion(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-                         z_L: Float[Array, "*n L D"], rope: Rope, remat: bool = False,
-                         ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"]]:
+    def latent_recursion(self, x: Float[Array, "B L D"], z_H: Float[Array, "B L D"],
+                         z_L: Float[Array, "B *n L D"], rope: Rope, remat: bool = False,
+                         ) -> tuple[Float[Array, "B L D"], Float[Array, "B *n L D"]]:
         """L_cycles latent updates then one answer update (TRM), or the single-z / hier6
         variant."""
         c = self.config
@@ -85,15 +85,15 @@ class TRM(ACTModel):
             return z_L, z_L
         if c.arch == "trm_hier6":  # L step l rewrites latent l from the sum of all six
             z_L = jax.lax.fori_loop(
-                0, c.L_cycles, lambda l, z: z.at[l].set(net(latent_sum(z), z_H + x, rope)), z_L)
+                0, c.L_cycles, lambda l, z: z.at[:, l].set(net(latent_sum(z), z_H + x, rope)), z_L)
             return net(z_H, latent_sum(z_L), rope), z_L
         z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, z_H + x, rope), z_L)
         z_H = net(z_H, z_L, rope)
         return z_H, z_L
 
-    def inner(self, x: Float[Array, "L D"], z_H: Float[Array, "L D"],
-              z_L: Float[Array, "*n L D"], rope: Rope,
-              ) -> tuple[Float[Array, "L D"], Float[Array, "*n L D"]]:
+    def inner(self, x: Float[Array, "B L D"], z_H: Float[Array, "B L D"],
+              z_L: Float[Array, "B *n L D"], rope: Rope,
+              ) -> tuple[Float[Array, "B L D"], Float[Array, "B *n L D"]]:
         """H_cycles - 1 latent recursions without gradient, then one with gradient."""
         if self.config.H_cycles > 1:
             frozen_self, frozen = stop_gradient_tree((self, (x, z_H, z_L)))
