@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import equinox as eqx
 import jax
@@ -16,6 +17,7 @@ from trm.loss import step_loss
 from trm.models import TRM, network_filter, replace_config
 from trm.models.layers import (
     Linear,
+    einsum,
     rope_tables,
     swiglu_intermediate_size,
     trunc_normal,
@@ -227,6 +229,33 @@ def test_low_precision_forward_tracks_float32(dtype, tol):
     assert model.lm_head.weight.dtype == jnp.float32
     err = np.abs(np.asarray(out.logits, np.float32) - ref.logits).max()
     assert err / np.abs(ref.logits).max() < tol
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_einsum_backward_keeps_the_dtype(dtype):
+    """Below float32 every dot of `einsum`'s backward pass multiplies operands of the forward
+    dtype (what XLA:CPU hands to YNNPACK / AMX), with the gradients of JAX's own transpose."""
+    ka, kb, kw = jax.random.split(jax.random.key(0), 3)
+    a = jax.random.normal(ka, (3, 5, 16), dtype)
+    b = jax.random.normal(kb, (8, 16), dtype)
+    w = jax.random.normal(kw, (3, 5, 8))
+
+    def plain(sub, a, b):
+        return jnp.einsum(sub, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+    def loss(f):
+        return lambda a, b: jnp.sum(f("...i,oi->...o", a, b).astype(jnp.float32) * w)
+
+    grad = jax.jit(jax.grad(loss(einsum), argnums=(0, 1)))
+    dots = re.findall(r"stablehlo\.dot_general .*: \((tensor<[^>]*>), (tensor<[^>]*>)\)",
+                      grad.lower(a, b).as_text())
+    assert len(dots) >= 2  # d/da, d/db (and the forward if XLA keeps it)
+    short = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+    assert all(op.endswith(f"x{short}>") for pair in dots for op in pair), dots
+    for got, want in zip(grad(a, b), jax.grad(loss(plain), argnums=(0, 1))(a, b)):
+        assert got.dtype == jnp.dtype(dtype)
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"mlp_t": True, "pos_encodings": "none"},

@@ -9,6 +9,7 @@ once, by the dtype of the embeddings (see `trm.models.act`).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -45,16 +46,48 @@ def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:
     return round_up(round(expansion * hidden_size * 2 / 3), 256)
 
 
+def _f32_accumulated(subscripts: str, a: Array, b: Array) -> Array:
+    return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _low_precision_einsum(subscripts: str, a: Array, b: Array) -> Array:
+    return _f32_accumulated(subscripts, a, b)
+
+
+def _low_precision_einsum_fwd(subscripts: str, a: Array, b: Array):
+    return _f32_accumulated(subscripts, a, b), (a, b)
+
+
+def _low_precision_einsum_bwd(subscripts: str, residuals: tuple[Array, Array], ct: Array):
+    """Both gradient contractions with operands in the forward dtype (the cotangent stays
+    bfloat16, as in a PyTorch bfloat16 backward) and float32 accumulation."""
+    a, b = residuals
+    inputs, out = subscripts.split("->")
+    sub_a, sub_b = inputs.split(",")
+    ct = ct.astype(a.dtype)
+    return (_f32_accumulated(f"{out},{sub_b}->{sub_a}", ct, b),
+            _f32_accumulated(f"{sub_a},{out}->{sub_b}", a, ct))
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
 def einsum(subscripts: str, a: Array, b: Array) -> Array:
     """`jnp.einsum` of two operands of one dtype, accumulated in float32, result in their dtype
     (the numbers of a bfloat16 matmul whose products are summed in float32, as cuBLAS and
-    oneDNN do).
+    oneDNN do). `subscripts` is explicit ("ab,bc->ac", "...k,kn->...n"), every index of an
+    operand in the other operand or the output.
 
     Spelled with `preferred_element_type=float32` because XLA:CPU runs that form of a bfloat16
     dot in YNNPACK (AMX / AVX512-BF16), while a bfloat16-in, bfloat16-out dot is upcast to a
-    float32 matmul; for float32 inputs it is the plain einsum.
+    float32 matmul. Below float32 the gradient contractions are written the same way (JAX's own
+    transpose would multiply a float32 cotangent by a bfloat16 operand: a float32 matmul);
+    their values are the same, products of bfloat16 numbers being exact in float32.
     """
-    return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    if a.dtype == jnp.float32:
+        return _f32_accumulated(subscripts, a, b)
+    return _low_precision_einsum(subscripts, a, b)
 
 
 class Linear(eqx.Module):
