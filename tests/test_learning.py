@@ -10,12 +10,13 @@ from trm.run_config import parse_cli
 
 @pytest.mark.slow
 def test_sudoku_tiny_learns(tmp_path):
-    """sudoku-tiny (625 steps, ~4.5 min on 2 cores): test token accuracy of the EMA weights
-    rises from chance (~0.11 over 9 digits; the ~30% given cells included) to >= 0.4.
-    Measured on the random-grid generator (2026-12-01): 0.413 at step 312, 0.429 at 625."""
+    """sudoku-tiny as is (625 steps, ~5 min on 2 quiet cores): 1000 generated Sudokus with 40
+    clues (distinct up to symmetry, none of the 128 test puzzles in training); the EMA
+    weights solve >= half of the test puzzles exactly. Measured (2026-12-01, 2 cores shared):
+    test exact accuracy 0 / 0 / 0 / 0.43 / 0.70 / 0.82 / 0.88 / 0.87 at steps 78 .. 625."""
     result = train(parse_cli(["sudoku-tiny", "--no-track", "--run-dir", str(tmp_path),
                               "--data.data-dir", str(tmp_path / "data")]), progress=False)
-    curve = [m["accuracy"] for m in result.train_metrics if "accuracy" in m]
-    print("sudoku-tiny test metrics:", result.eval_metrics["test"])
+    test = result.eval_metrics["test"]
+    print("sudoku-tiny test metrics:", test)
     assert result.steps == 625
-    assert result.eval_metrics["test"]["accuracy"] >= 0.4, curve[::50]
+    assert test["exact_accuracy"] >= 0.5, test

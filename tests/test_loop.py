@@ -58,6 +58,15 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir):
     assert full.eval_metrics["test"]["count"] == 16
 
 
+def test_interval_evaluations_skip_the_last_partial_interval():
+    """625 steps, every 78 (5 of 40 epochs): 7 interval evaluations and the final one, not an
+    evaluation at 624 and again at 625; an interval that divides the schedule ends on it."""
+    assert [s for s in range(1, 626) if loop.evaluates_at(s, 78, 625)] == [
+        78, 156, 234, 312, 390, 468, 546]
+    assert [s for s in range(1, 641) if loop.evaluates_at(s, 80, 640)][-1] == 560
+    assert not any(loop.evaluates_at(s, None, 625) for s in range(1, 626))
+
+
 def test_eval_lines_and_only_measured_train_metrics(tmp_path, data_dir, capsys):
     """One terminal line per evaluation; Aim gets accuracy, exact accuracy, q_halt accuracy
     and steps only on steps where rows halted (none can before step 3 = halt_max_steps)."""

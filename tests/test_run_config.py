@@ -96,7 +96,8 @@ def test_cli_reports_invalid_values():
     ["--checkpoint.every-n-steps", "0"], ["--checkpoint.keep-last", "0"],
     ["--mesh.data", "0"], ["--mesh.data", "-2"],
     ["--data.num-train", "0"], ["--data.num-test", "0"], ["--data.num-aug", "-1"],
-    ["--data.num-workers", "-1"], ["--halting.exploration-start", "0.5"],
+    ["--data.num-workers", "-1"], ["--data.maze-size", "3"], ["--data.maze-size", "31"],
+    ["--halting.exploration-start", "0.5"],
     ["--halting.step-penalty", "-1"], ["--curriculum.phases", "0.5", "1", "1"],
     ["--max-steps", "0"],
 ], ids=lambda f: " ".join(f))

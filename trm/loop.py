@@ -151,7 +151,8 @@ def prepare_data(cfg: RunConfig) -> Path:
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
-                            test_count=d.num_test, seed=d.seed, min_clues=d.min_clues)
+                            test_count=d.num_test, seed=d.seed, min_clues=d.min_clues,
+                            size=d.maze_size)
     return Path(d.data_dir)
 
 
@@ -172,6 +173,13 @@ def step_budget(cfg: RunConfig, metadata: Any) -> tuple[int, int | None]:
     total = steps_for(o.epochs)
     every = None if cfg.eval.eval_interval is None else max(1, steps_for(cfg.eval.eval_interval))
     return total, every
+
+
+def evaluates_at(step: int, every: int | None, total: int) -> bool:
+    """Whether `step` is an interval evaluation: a multiple of `every`, except in the last,
+    partial interval of the schedule (epochs / eval_interval evaluations in all, the last at
+    the final step, when `every` does not divide `total`)."""
+    return every is not None and step % every == 0 and total - step >= every
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -317,7 +325,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
             if pending is not None:
                 report.train_step(*_fetch(pending, o.global_batch_size))
             pending = (step, sums)
-            is_eval = eval_every is not None and step % eval_every == 0 or step == last_step
+            is_eval = step == last_step or evaluates_at(step, eval_every, total)
             if is_eval or (cfg.checkpoint.every_n_steps and
                            step % cfg.checkpoint.every_n_steps == 0):
                 report.train_step(*_fetch(pending, o.global_batch_size))

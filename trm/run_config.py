@@ -178,6 +178,10 @@ class DataConfig:
     """Generated Sudoku difficulty: random solution cells are given back to each minimal
     puzzle (~22-26 clues) until it has at least this many clues (0: minimal, hardest;
     higher: easier, e.g. 40 for CPU-sized runs)."""
+    maze_size: int = 10
+    """Generated maze side in cells (seq_len maze_size ** 2); S and G are at least
+    round(111 * maze_size ** 2 / 900) moves apart (Maze-Hard's "longer than 110" at 30x30,
+    scaled by area)."""
     num_aug: int | Literal["default", "fresh"] = "default"
     """Augmented copies per training puzzle: K (a fixed pool of K + 1 copies, 0 = originals
     only), "default" (the data set's pool) or "fresh" (new random ones every epoch)."""
@@ -192,6 +196,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(0 <= self.min_clues <= 81, self, "min_clues",
                 f"must be in 0..81, got {self.min_clues}")
+        require(4 <= self.maze_size <= 30, self, "maze_size",
+                f"must be in 4..30, got {self.maze_size}")
         require(self.generate == "none" or "://" not in self.data_dir, self, "data_dir",
                 f"{self.data_dir}: the generated {self.generate} data set is written "
                 f"locally (--data.generate {self.generate}, set by the preset); give a "
