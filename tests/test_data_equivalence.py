@@ -79,13 +79,14 @@ def test_min_clues_gives_easier_puzzles_with_the_same_solution():
     assert easy[2] <= minimal[2]
 
 
-def test_maze_keys_are_dihedral_invariant_and_generated_mazes_distinct():
-    q, _, _ = generate_mazes(200, size=10, seed=3, progress=False)
+@pytest.mark.parametrize("size, count", [(10, 200), (7, 1000)])  # 7x7: maze-tiny
+def test_maze_keys_are_dihedral_invariant_and_generated_mazes_distinct(size, count):
+    q, _, _ = generate_mazes(count, size=size, seed=3, progress=False)
     flat = q.reshape(len(q), -1)
     keys = equivalence.maze_keys(flat)
     assert len(np.unique(keys)) == len(q)
     for t in range(8):
-        moved = augment.dihedral_square_batch(flat, np.full(len(q), t), 10)
+        moved = augment.dihedral_square_batch(flat, np.full(len(q), t), size)
         assert (equivalence.maze_keys(moved) == keys).all()
     one_wall = flat.copy()
     one_wall[:, 0] = np.where(one_wall[:, 0] == 1, 2, 1)

@@ -135,7 +135,8 @@ PRESETS: dict[str, tuple[str, RunConfig]] = {
               "sudoku-tiny", num_train=1000, epochs=40, eval_interval=5, lr=3e-3,
               min_clues=40)),
     "maze-tiny": (
-        "CPU smoke run: generated small mazes, hidden 64, 2 layers, H2 L2, ACT 4, batch 64",
-        _tiny("maze-tiny", ModelConfig(**{**_MAZE, "seq_len": 100}, **_TINY), "maze-tiny",
-              num_train=500, epochs=40, eval_interval=10, lr=1e-3)),
+        "CPU run: generated 7x7 mazes, mlp_t, hidden 64, H2 L2, ACT 4, 1000 steps (~70%)",
+        _tiny("maze-tiny", ModelConfig(**{**_MAZE, "seq_len": 49}, **_TINY, mlp_t=True,
+                                       pos_encodings="none"),
+              "maze-tiny", num_train=1000, epochs=64, eval_interval=8, lr=3e-3, maze_size=7)),
 }
