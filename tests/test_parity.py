@@ -74,6 +74,28 @@ def test_one_rule_for_every_quantity(checked):
         assert not any(r.compounded for r in rows)
 
 
+def test_param_after_is_the_optimiser_on_recorded_gradients(checked):
+    """The update is applied to the recorded gradients, so `param_after` keeps only the
+    optimiser's own rounding, even where AdamATan2 gets an update's sign from a gradient
+    element within rounding of zero (trm_hier6_official_attn_learned has one: 1.4e-2 from our
+    own gradients)."""
+    _, rows = checked
+    after = [r for r in rows if "/param_after/" in r.name]
+    assert after and max(r.error for r in after) < 1e-6
+
+
+def test_a_planted_optimiser_bug_fails(monkeypatch):
+    """Half the weight decay moves `param_after` far beyond the rule."""
+    fx, rows = checked_file(CHEAP)
+    monkeypatch.setattr(parity, "adam_atan2", lambda lr, **kw: _ADAM_ATAN2(
+        lr, **{**kw, "weight_decay": kw["weight_decay"] / 2}))
+    buggy = parity.replay_train(fx, lambda sd: sd)
+    failing = {r.name for r in rows if r.name in buggy and parity.relative_error(
+        buggy[r.name], fx.records[r.name]) > r.allowed()}
+    assert "train/step1/param_after/inner.lm_head.weight" in failing, sorted(failing)[:5]
+    assert not any("/grad/" in n for n in failing)
+
+
 def test_cli_passes_on_official_numbers(capsys):
     assert parity.main([fixture_path(CHEAP)]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
@@ -99,7 +121,7 @@ def _rms_norm_wrong_eps(x, eps):  # a wrong constant: 1e-4 for 1e-5
     return _RMS_NORM(x, 10 * eps)
 
 
-_RMS_NORM, _ATTENTION = layers.rms_norm, layers.attention
+_RMS_NORM, _ATTENTION, _ADAM_ATAN2 = layers.rms_norm, layers.attention, parity.adam_atan2
 
 
 @pytest.mark.parametrize("name, bug", [

@@ -10,9 +10,12 @@ The recursion is chaotic: a 1-ulp change of one weight moves the latents by ~1e-
 supervision step and by up to ~1e-2 after four. So each recorded step is replayed from
 recorded inputs wherever the file has them (teacher forcing): eval step s from the recorded
 eval step s-1 latents; train step 2 from the eval step-1 latents (the same carry) and train
-step s from the recorded `train/step<s-1>/` latents and `param_after` weights. Train steps whose
-previous weights the file does not hold (trm files record only step 3's) start from our own
-optimiser update: they are marked "compounded".
+step s from the recorded `train/step<s-1>/` latents and `param_after` weights; the optimiser
+update of step s from the recorded `train/step<s>/grad/` gradients. (An AdamATan2 update is
+lr x an angle: a gradient element within rounding of zero gets an update of either sign, so
+`param_after` computed from our own gradients would be as chaotic as the recursion.) Train
+steps whose previous weights the file does not hold (trm files record only step 3's) start
+from our own optimiser update: they are marked "compounded".
 
 One rule for every quantity, on any CPU: relative error (max |ours - official| / max |official|)
 <= max(tolerance, factor x sensitivity), the sensitivity being how far our own replay of the
@@ -157,13 +160,32 @@ def recorded_weights(fx: Fixture, step: int) -> dict[str, np.ndarray] | None:
     return found if len(found) == len(fx.params) else None
 
 
+def recorded_grads(fx: Fixture, step: int, model: ACTModel, grads: ACTModel,
+                   row_grads: jax.Array | None) -> tuple[ACTModel, jax.Array | None] | None:
+    """The official gradients of train step `step`, shaped like ours (`grads`, `row_grads`);
+    None when the file does not hold every one of them."""
+    prefix = f"train/step{step}/grad/"
+    names = list(to_official_state_dict(grads))
+    if row_grads is not None:
+        names.append("puzzle_emb_rows")
+    if any(prefix + n not in fx.records for n in names):
+        return None
+    state_dict = to_official_state_dict(model)
+    state_dict.update({n: fx.records[prefix + n] for n in names if n != "puzzle_emb_rows"})
+    official = network_params(from_official_state_dict(state_dict, fx.config))
+    rows = None if row_grads is None else jnp.asarray(fx.records[prefix + "puzzle_emb_rows"])
+    return official, rows
+
+
 def replay_train(fx: Fixture, weights: Weights, teacher_forcing: bool = True,
                  ) -> dict[str, np.ndarray]:
     """Train-mode steps on batch0, batch1, ... with the official optimisers after each step.
 
     With teacher forcing, step s starts from the recorded latents and the recorded weights of
-    step s - 1 where the file has them. `weights` maps every official state dict before it is
-    loaded (the identity, or a one-ulp perturbation).
+    step s - 1 where the file has them, and its optimiser update is applied to the recorded
+    gradients of step s where the file has them (so `param_after` judges the optimiser, and
+    `grad/` the gradients, each from recorded inputs). `weights` maps every official state
+    dict before it is loaded (the identity, or a one-ulp perturbation).
     """
     s_cfg = fx.settings
     model = from_official_state_dict(weights(fx.params), fx.config)
@@ -188,6 +210,9 @@ def replay_train(fx: Fixture, weights: Weights, teacher_forcing: bool = True,
         ours.update({prefix + "grad/" + k: v for k, v in to_official_state_dict(grads).items()})
         if row_grads is not None:
             ours[prefix + "grad/puzzle_emb_rows"] = np.asarray(row_grads)
+        official = recorded_grads(fx, s, model, grads, row_grads) if teacher_forcing else None
+        if official is not None:
+            grads, row_grads = official
         model, opt_state = apply_optimizers(
             model, opt_state, grads, row_grads, carry.puzzle_identifiers, optimizer=optimizer,
             puzzle_lr=s_cfg["puzzle_emb_lr"],
