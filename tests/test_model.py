@@ -214,8 +214,8 @@ def test_weight_gradient_only_from_last_cycle():
         z_H, z_L = model.latent_recursion(x, z_H, z_L, rope)
     started = eqx.tree_at(lambda c: (c.z_H, c.z_L), carry, (z_H, z_L))
     last = loss(replace_config(model, dataclasses.replace(config, H_cycles=1)), started)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last)):  # float32 rounding apart
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * np.abs(b).max())
 
 
 @pytest.mark.parametrize("dtype,tol", [("bfloat16", 0.1), ("float16", 0.02)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import equinox as eqx
 import jax
@@ -157,10 +158,12 @@ def attention(q: Float[Array, "B L heads hd"], k: Float[Array, "B L heads hd"],
               v: Float[Array, "B L heads hd"]) -> Float[Array, "B L heads hd"]:
     """Non-causal scaled dot-product attention: scores and softmax in float32, both matmuls with
     operands in the input dtype and float32 accumulation (`jax.nn.dot_product_attention`'s
-    XLA recipe)."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    XLA recipe). The matmuls run heads-major ([B, heads, L, hd], batch dimensions leading),
+    which XLA:CPU runs ~2x faster than with the heads axis in the middle."""
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # heads-major [B, heads, L, hd]
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores * (1.0 / math.sqrt(q.shape[-1])), axis=-1).astype(q.dtype)
-    return einsum("bhqk,bkhd->bqhd", probs, v)
+    return jnp.swapaxes(einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
 
 
 class Attention(eqx.Module):
@@ -206,8 +209,10 @@ class SwiGLU(eqx.Module):
         self.down_proj = Linear(inter, hidden_size, key=k_d)
 
     def __call__(self, x: Float[Array, "*batch h"]) -> Float[Array, "*batch h"]:
-        gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(jax.nn.silu(gate) * up)
+        # silu(gate) * up in float32, rounded once (XLA:CPU rounds a bfloat16 chain after
+        # every element-wise op, each a convert pair)
+        gate, up = jnp.split(self.gate_up_proj(x).astype(jnp.float32), 2, axis=-1)
+        return self.down_proj((jax.nn.silu(gate) * up).astype(x.dtype))
 
 
 class Block(eqx.Module):
@@ -238,8 +243,12 @@ class Block(eqx.Module):
 
 
 class ReasoningNet(eqx.Module):
-    """A stack of blocks with an input injection: net(h, inj) = blocks(h + inj), the blocks
-    stacked and scanned."""
+    """A stack of blocks with an input injection: net(h, inj) = blocks(h + inj).
+
+    The blocks' weights are stacked ([num_layers, ...] leaves) and applied in an unrolled
+    loop: a scan would stack every layer's activations into [num_layers, ...] buffers for the
+    backward pass (copies and converts that cost more than the layers' own element-wise work).
+    """
 
     blocks: Block  # every array leaf has a leading [num_layers] axis
 
@@ -252,9 +261,10 @@ class ReasoningNet(eqx.Module):
         if injection is not None:
             h = h + injection
         params, static = eqx.partition(self.blocks, eqx.is_array)
-
-        def apply_block(x, block_params):
-            return eqx.combine(block_params, static)(x, rope), None
-
-        h, _ = jax.lax.scan(apply_block, h, params)
+        for i in range(self.num_layers):
+            h = eqx.combine(jax.tree.map(operator.itemgetter(i), params), static)(h, rope)
         return h
+
+    @property
+    def num_layers(self) -> int:
+        return jax.tree.leaves(self.blocks)[0].shape[0]
