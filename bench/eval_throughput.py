@@ -20,7 +20,9 @@ from train_step import matmul_flops_per_second, network_call_flops
 
 from trm.config import ModelConfig
 from trm.eval_run import evaluate_stream
+from trm.loop import split_cpu
 from trm.models import build_model
+from trm.run_config import MeshConfig
 from trm.train_step import make_mesh
 
 
@@ -57,7 +59,11 @@ def main() -> None:
                         choices=["mlp_t", "attention"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="XLA:CPU devices to split the host into, as train.py's "
+                             "--mesh.cpu-devices (0: one per core dividing the batch)")
     args = parser.parse_args()
+    split_cpu(MeshConfig(cpu_devices=args.cpu_devices), args.batch)
     peak = matmul_flops_per_second()
     print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} "
           f"batch={args.batch} dtype={args.dtype} hidden={args.hidden} steps={args.steps}; "

@@ -1,7 +1,8 @@
 """Training-step throughput: compile time, steps/s, examples/s, FLOP/s, peak RSS.
 
     python bench/train_step.py [--hidden 128 512] [--mixer attention mlp_t]
-                               [--dtype float32 bfloat16] [--batch 32] [--steps 10] [--devices 1]
+                               [--dtype float32 bfloat16] [--batch 32] [--steps 10] [--devices N]
+                               [--cpu-devices 0]
 
 Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_cycles 6,
 2 layers, attention (RoPE) and mlp_t. FLOPs are counted analytically from the matmuls (the
@@ -26,9 +27,11 @@ import numpy as np
 import optax
 
 from trm.config import ModelConfig
+from trm.loop import split_cpu
 from trm.models import build_model
 from trm.models.layers import swiglu_intermediate_size
 from trm.optim import adam_atan2
+from trm.run_config import MeshConfig
 from trm.train_step import (
     batch_sharding,
     init_train_state,
@@ -117,14 +120,18 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="XLA:CPU devices to split the host into, as train.py's "
+                             "--mesh.cpu-devices (0: one per core dividing the batch)")
     parser.add_argument("--dtype", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16"])
     parser.add_argument("--mixer", nargs="+", default=["attention", "mlp_t"],
                         choices=["attention", "mlp_t"])
     args = parser.parse_args()
+    split_cpu(MeshConfig(cpu_devices=args.cpu_devices), args.batch)
     peak = matmul_flops_per_second()
-    print(f"backend={jax.default_backend()} devices={args.devices} batch={args.batch} "
+    print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} batch={args.batch} "
           f"load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     results = {}
     for hidden in args.hidden:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -18,7 +19,7 @@ from helpers import damage_step, unwritable
 import train as train_cli
 from trm import loop
 from trm.loop import train
-from trm.run_config import parse_cli
+from trm.run_config import MeshConfig, parse_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,3 +235,37 @@ def test_bad_flags_give_one_line_errors(tmp_path, data_dir, capsys, flags, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+_SPLIT = """
+import os, sys, jax
+from trm.loop import split_cpu
+from trm.run_config import MeshConfig
+print(split_cpu(MeshConfig(cpu_devices=int(sys.argv[1])), *map(int, sys.argv[2:])),
+      jax.device_count(), len(os.sched_getaffinity(0)))
+"""
+
+
+def _split(cpu_devices: int, *batches: int, flags: str = "") -> tuple[int | None, int, int]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({"JAX_PLATFORMS": "cpu", **({"XLA_FLAGS": flags} if flags else {})})
+    out = subprocess.run([sys.executable, "-c", _SPLIT, str(cpu_devices), *map(str, batches)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    return (None if out[0] == "None" else int(out[0])), int(out[1]), int(out[2])
+
+
+def test_split_cpu_gives_one_device_per_core_that_divides_the_batches():
+    count, devices, cores = _split(0, 12, 6)
+    assert count == devices == max(n for n in range(1, cores + 1) if 6 % n == 0)
+    assert _split(3, 9)[:2] == (3, 3)  # asked for, more than the cores is allowed
+    assert _split(4, 6)[:2] == (3, 3)  # the largest count <= 4 dividing 6
+    assert _split(1, 8)[:2] == (None, 1)
+    # an explicit XLA device count wins
+    assert _split(0, 8, flags="--xla_force_host_platform_device_count=4")[:2] == (None, 4)
+
+
+def test_split_cpu_leaves_a_started_jax_alone(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    jax.devices()
+    assert loop.split_cpu(MeshConfig(cpu_devices=2), 8) is None
+    assert jax.config.jax_num_cpu_devices == -1

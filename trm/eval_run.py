@@ -42,7 +42,7 @@ from trm.evaluation import (
     per_step_accuracy,
     rollout,
 )
-from trm.loop import initialize_distributed, to_global
+from trm.loop import initialize_distributed, split_cpu, to_global
 from trm.models import ACTModel
 from trm.render import plot_per_step
 from trm.run_config import MeshConfig
@@ -253,6 +253,8 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
+    if args.batch_size is not None:  # else the batch is the run's, known once JAX has started
+        split_cpu(args.mesh, args.batch_size)
     initialize_distributed(args.mesh)
     mesh = make_mesh(None if args.mesh.data == -1 else args.mesh.data, flag="--mesh.data")
     meta = (load_metadata(local_copy(args.data_dir), args.split[0])

@@ -151,11 +151,16 @@ class MeshConfig:
     """Number of processes (multi-host without auto-detection)."""
     process_id: int | None = None
     """This process's index (multi-host without auto-detection)."""
+    cpu_devices: int = 0
+    """XLA devices to split this host's CPU into when JAX computes on the CPU (0: one per core,
+    as many as divide the batches; 1: one device). Ignored once JAX has started, and when
+    XLA_FLAGS sets --xla_force_host_platform_device_count."""
 
     def __post_init__(self) -> None:
         require(self.data == -1 or self.data >= 1, self, "data",
                 f"must be -1 or >= 1, got {self.data}")
         _at_least(self, "num_processes", 1)
+        _at_least(self, "cpu_devices", 0)
         _at_least(self, "process_id", 0)
         if self.num_processes is not None and self.process_id is not None:
             require(self.process_id < self.num_processes, self, "process_id",
