@@ -241,15 +241,17 @@ _SPLIT = """
 import os, sys, jax
 from trm.loop import split_cpu
 from trm.run_config import MeshConfig
-print(split_cpu(MeshConfig(cpu_devices=int(sys.argv[1])), *map(int, sys.argv[2:])),
+print(split_cpu(MeshConfig(cpu_devices=int(sys.argv[1]), data=int(sys.argv[2])),
+                *map(int, sys.argv[3:])),
       jax.device_count(), len(os.sched_getaffinity(0)))
 """
 
 
-def _split(cpu_devices: int, *batches: int) -> tuple[int | None, int, int]:
+def _split(cpu_devices: int, *batches: int, data: int = -1) -> tuple[int | None, int, int]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", _SPLIT, str(cpu_devices), *map(str, batches)],
+    out = subprocess.run([sys.executable, "-c", _SPLIT, str(cpu_devices), str(data),
+                          *map(str, batches)],
                          env=env, capture_output=True, text=True, check=True).stdout.split()
     return (None if out[0] == "None" else int(out[0])), int(out[1]), int(out[2])
 
@@ -259,6 +261,7 @@ def test_split_cpu_gives_one_device_per_core_that_divides_the_batches():
     assert count == devices == max(n for n in range(1, cores + 1) if 6 % n == 0)
     assert _split(3, 9)[:2] == (3, 3)  # asked for, more than the cores is allowed
     assert _split(4, 6)[:2] == (3, 3)  # the largest count <= 4 dividing 6
+    assert _split(0, 6, data=4)[:2] == (4, 4)  # --mesh.data N: exactly N (the batch checked later)
 
 
 def test_split_cpu_leaves_the_devices_alone(monkeypatch):

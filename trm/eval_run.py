@@ -253,8 +253,8 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
-    if args.batch_size is not None:  # else the batch is the run's, known once JAX has started
-        split_cpu(args.mesh, args.batch_size)
+    if args.batch_size is not None or args.mesh.data > 0:  # else the batch is the run's,
+        split_cpu(args.mesh, args.batch_size)  # known only once JAX has started
     initialize_distributed(args.mesh)
     mesh = make_mesh(None if args.mesh.data == -1 else args.mesh.data, flag="--mesh.data")
     meta = (load_metadata(local_copy(args.data_dir), args.split[0])

@@ -82,16 +82,18 @@ def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
     XLA:CPU runs a device's operations one after another: its matmuls use every core, but the
     recursion's many small element-wise and loop operations run on one. Sharding the batch over
     one device per core overlaps them (1.4x per training step, README "Performance"). The count
-    is the largest <= the cores (or `m.cpu_devices`) that divides every batch given. Left alone
-    when `m.cpu_devices` is 1, when XLA_FLAGS or `jax_num_cpu_devices` already set it, when JAX
-    has started (its devices are fixed then), and multi-host unless `m.cpu_devices` asks.
+    is `m.data` when a mesh size is asked for, else the largest <= the cores (or at most
+    `m.cpu_devices`) that divides every batch given. Left alone when `m.cpu_devices` is 1, when
+    XLA_FLAGS or `jax_num_cpu_devices` already set it, when JAX has started (its devices are
+    fixed then), and multi-host unless `m.cpu_devices` asks.
     """
     if (m.cpu_devices == 1 or (m.distributed and m.cpu_devices == 0)
             or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
             or jax.config.jax_num_cpu_devices != -1):
         return None
     limit = m.cpu_devices or len(os.sched_getaffinity(0))
-    count = max(n for n in range(1, limit + 1) if all(b is None or b % n == 0 for b in batches))
+    count = m.data if m.data > 0 and not m.cpu_devices else max(
+        n for n in range(1, limit + 1) if all(b is None or b % n == 0 for b in batches))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX has started: its devices are fixed
@@ -275,9 +277,12 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     from data import fingerprint
     from data.pipeline import load_metadata, train_iterator
 
-    split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
+    split = split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
+    if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
+        print(f"devices: the CPU split into {split} XLA devices, one per core dividing the batch "
+              "(--mesh.cpu-devices)")
     check_batches(cfg, mesh.devices.size)
     for directory in dict.fromkeys((cfg.run_dir, cfg.checkpoint_dir)):
         check_writable(directory)

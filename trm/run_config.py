@@ -152,9 +152,10 @@ class MeshConfig:
     process_id: int | None = None
     """This process's index (multi-host without auto-detection)."""
     cpu_devices: int = 0
-    """XLA devices to split this host's CPU into when JAX computes on the CPU (0: one per core,
-    as many as divide the batches; 1: one device). Ignored once JAX has started, and when
-    XLA_FLAGS sets --xla_force_host_platform_device_count."""
+    """At most this many XLA devices to split this host's CPU into (the largest count that
+    divides the batches; 0: up to one per core, or --mesh.data when given; 1: one device).
+    Ignored once JAX has started, and when XLA_FLAGS sets
+    --xla_force_host_platform_device_count."""
 
     def __post_init__(self) -> None:
         require(self.data == -1 or self.data >= 1, self, "data",
