@@ -4,6 +4,7 @@ data-parallel mesh, results read back to the host).
 
     python bench/eval_throughput.py [--hidden 512] [--batch 64] [--batches 3] [--steps 16]
                                     [--variant mlp_t attention] [--dtype float32] [--devices N]
+                                    [--cpu-devices 0]
 
 Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_cycles 6,
 2 layers; random weights (throughput does not depend on them).
@@ -16,13 +17,16 @@ import time
 
 import jax
 import numpy as np
-from train_step import matmul_flops_per_second, network_call_flops
+from train_step import (
+    add_device_flags,
+    matmul_flops_per_second,
+    network_call_flops,
+    split_host,
+)
 
 from trm.config import ModelConfig
 from trm.eval_run import evaluate_stream
-from trm.loop import split_cpu
 from trm.models import build_model
-from trm.run_config import MeshConfig
 from trm.train_step import make_mesh
 
 
@@ -58,12 +62,9 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", default=["mlp_t", "attention"],
                         choices=["mlp_t", "attention"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
-    parser.add_argument("--cpu-devices", type=int, default=0,
-                        help="XLA:CPU devices to split the host into, as train.py's "
-                             "--mesh.cpu-devices (0: one per core dividing the batch)")
+    add_device_flags(parser)
     args = parser.parse_args()
-    split_cpu(MeshConfig(cpu_devices=args.cpu_devices), args.batch)
+    split_host(args)
     peak = matmul_flops_per_second()
     print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} "
           f"batch={args.batch} dtype={args.dtype} hidden={args.hidden} steps={args.steps}; "

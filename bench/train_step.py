@@ -115,24 +115,33 @@ def bench_config(hidden: int, mlp_t: bool, dtype: str) -> ModelConfig:
                        pos_encodings="none" if mlp_t else "rope", forward_dtype=dtype)
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="at most this many XLA:CPU devices to split the host into, as "
+                             "train.py's --mesh.cpu-devices (0: one per core dividing the batch)")
+
+
+def split_host(args: argparse.Namespace) -> None:
+    """The CPU device split of `train.py` (`trm.loop.split_cpu`), before JAX starts."""
+    split_cpu(MeshConfig(cpu_devices=args.cpu_devices, data=args.devices or -1), args.batch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
-    parser.add_argument("--cpu-devices", type=int, default=0,
-                        help="XLA:CPU devices to split the host into, as train.py's "
-                             "--mesh.cpu-devices (0: one per core dividing the batch)")
+    add_device_flags(parser)
     parser.add_argument("--dtype", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16"])
     parser.add_argument("--mixer", nargs="+", default=["attention", "mlp_t"],
                         choices=["attention", "mlp_t"])
     args = parser.parse_args()
-    split_cpu(MeshConfig(cpu_devices=args.cpu_devices), args.batch)
+    split_host(args)
     peak = matmul_flops_per_second()
-    print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} batch={args.batch} "
-          f"load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} "
+          f"batch={args.batch} load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     results = {}
     for hidden in args.hidden:
         for mixer in args.mixer:

@@ -214,7 +214,9 @@ def test_weight_gradient_only_from_last_cycle():
         z_H, z_L = model.latent_recursion(x, z_H, z_L, rope)
     started = eqx.tree_at(lambda c: (c.z_H, c.z_L), carry, (z_H, z_L))
     last = loss(replace_config(model, dataclasses.replace(config, H_cycles=1)), started)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last)):  # float32 rounding apart
+    # float32 rounding apart: max |a - b| / max |b| ~3e-6 here; a gradient through the
+    # frozen cycles would differ by O(1)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(last)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * np.abs(b).max())
 
 

@@ -81,7 +81,7 @@ def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
 
     XLA:CPU runs a device's operations one after another: its matmuls use every core, but the
     recursion's many small element-wise and loop operations run on one. Sharding the batch over
-    one device per core overlaps them (1.4x per training step, README "Performance"). The count
+    one device per core overlaps them (1.0-1.45x per step on 2 cores, README "Performance"). The count
     is `m.data` when a mesh size is asked for, else the largest <= the cores (or at most
     `m.cpu_devices`) that divides every batch given. Left alone when `m.cpu_devices` is 1, when
     XLA_FLAGS or `jax_num_cpu_devices` already set it, when JAX has started (its devices are
@@ -281,8 +281,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
-        print(f"devices: the CPU split into {split} XLA devices, one per core dividing the batch "
-              "(--mesh.cpu-devices)")
+        print(f"devices: the CPU split into {split} XLA devices (--mesh.cpu-devices, --mesh.data)")
     check_batches(cfg, mesh.devices.size)
     for directory in dict.fromkeys((cfg.run_dir, cfg.checkpoint_dir)):
         check_writable(directory)
