@@ -178,6 +178,20 @@ def test_blow_up_leaves_only_finite_checkpoints_and_resumes_from_them(tmp_path, 
     assert all(np.isfinite(x).all() for x in leaves(resumed.state))
 
 
+def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsys):
+    """A resume whose schedule ends before the saved step is an error (it used to exit 0
+    having done nothing); one that ends at it says there is nothing to train."""
+    args = copy_run(two_step_run, tmp_path, data_dir)
+    assert train_cli.main(args + ["--max-steps", "1"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error:") and "step 2, past" in err[0]
+    assert "last step 1 (--max-steps 1)" in err[0]
+    assert train_cli.main(args + ["--max-steps", "2"]) == 0
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("notice:") and "nothing to train" in err[0]
+    assert saved_steps(tmp_path / "run") == [1, 2]
+
+
 @pytest.mark.slow  # the fallback itself: test_checkpoint.py; this is the loop end to end
 def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_run, capsys):
     args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")

@@ -159,6 +159,23 @@ def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> Tra
     return state
 
 
+def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -> None:
+    """ValueError when the checkpoint resumed from (step `start`) is past this run's last step
+    (a shorter --optim.epochs or --max-steps than the run was saved with); one notice line when
+    the run is already at its last step (nothing to train)."""
+    if start < last_step:
+        return
+    budget = (f"--max-steps {cfg.max_steps}" if cfg.max_steps is not None and cfg.max_steps < total
+              else f"--optim.epochs {cfg.optim.epochs} gives {total} steps")
+    if start > last_step:
+        raise ValueError(f"{cfg.checkpoint_dir}: the newest checkpoint is at step {start}, past "
+                         f"this run's last step {last_step} ({budget}); ask for more steps, or "
+                         "start a new run in another --run-dir")
+    if jax.process_index() == 0:
+        print(f"notice: {cfg.checkpoint_dir} is already at this run's last step {start} "
+              f"({budget}); nothing to train", file=sys.stderr)
+
+
 def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
     checkpointer.wait_until_finished()
     steps = checkpointer.all_steps()
@@ -324,6 +341,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                    flag="--data.allow-mismatch"))
         state = resume(checkpointer, state, data_iter)
     start = int(state.step)
+    check_resume_point(start, last_step, cfg, total)
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
         state = with_model_config(state, phase_cfg)
