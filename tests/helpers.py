@@ -61,9 +61,27 @@ def _largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+def _flip_stored_bit(state_dir: Path) -> None:
+    """Flip the lowest bit of the first element of the largest stored float array (zarr in
+    orbax's OCDBT store), the way bit rot that still decodes would."""
+    import tensorstore as ts
+
+    base = {"driver": "ocdbt", "base": f"file://{state_dir}"}
+    names = [k.decode().removesuffix("/.zarray")
+             for k in ts.KvStore.open(base).result().list().result() if k.endswith(b"/.zarray")]
+    stores = [ts.open({"driver": "zarr", "kvstore": {**base, "path": f"{n}/"}}).result()
+              for n in names]
+    store = max((t for t in stores if t.dtype == ts.float32), key=lambda t: t.size)
+    values = store.read().result()
+    bits = values.view(np.uint32).copy()
+    bits.flat[0] ^= 1
+    store.write(bits.view(np.float32)).result()
+
+
 def damage_step(step_dir: Path, kind: str) -> None:
     """Damage one saved step in place: truncate / garble / flip bytes of the largest array
-    file, delete an item or the OCDBT manifest, garble an item's metadata file."""
+    file, flip one bit of a stored weight (written through tensorstore, so it decodes), delete
+    an item or the OCDBT manifest, garble an item's metadata file."""
     data = _largest_file(step_dir / "state" / "ocdbt.process_0" / "d")
     if kind == "truncate":
         os.truncate(data, data.stat().st_size // 2)
@@ -71,7 +89,9 @@ def damage_step(step_dir: Path, kind: str) -> None:
         os.truncate(data, 0)
     elif kind == "garble":
         data.write_bytes(np.random.default_rng(0).bytes(data.stat().st_size))
-    elif kind == "flip_bytes":  # still decodes: only the stored checksums catch it
+    elif kind == "flip_bit":  # still decodes: only the stored checksums catch it
+        _flip_stored_bit(step_dir / "state")
+    elif kind == "flip_bytes":  # in the compressed chunk: it may or may not still decode
         raw = bytearray(data.read_bytes())
         mid = len(raw) // 2
         raw[mid:mid + 8] = bytes(b ^ 0xFF for b in raw[mid:mid + 8])
@@ -90,7 +110,7 @@ def damage_step(step_dir: Path, kind: str) -> None:
         raise ValueError(kind)
 
 
-DAMAGE = ("truncate", "empty", "garble", "flip_bytes", "delete_state", "delete_data_iter",
+DAMAGE = ("truncate", "empty", "garble", "flip_bytes", "flip_bit", "delete_state", "delete_data_iter",
           "delete_config", "no_manifest", "garble_state_metadata", "garble_config",
           "garble_data_iter")
 

@@ -182,7 +182,7 @@ def _batches_after(n):
 def test_no_usable_step_is_one_error(two_steps, tmp_path):
     source, _ = two_steps
     shutil.copytree(source, tmp_path / "c")
-    damage_step(tmp_path / "c" / "2", "flip_bytes")
+    damage_step(tmp_path / "c" / "2", "flip_bit")
     damage_step(tmp_path / "c" / "1", "delete_state")
     notices = []
     with (Checkpointer(tmp_path / "c", CheckpointConfig(), MODEL_CFG) as ckpt,

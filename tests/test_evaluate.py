@@ -316,7 +316,7 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kind", ["flip_bytes"])  # the others: test_checkpoint.py
+@pytest.mark.parametrize("kind", ["flip_bit"])  # the others: test_checkpoint.py
 def test_damaged_latest_step_falls_back_then_one_error(checkpoint, tmp_path, capsys, kind):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint[0], ckpt)
