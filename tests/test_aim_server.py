@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from test_multihost import ROOT, _free_port, two_processes
 
-from data.generate import ensure_tiny_dataset
-
 aim = pytest.importorskip("aim")
 AIM = str(Path(sys.executable).parent / "aim")
 
@@ -81,7 +79,7 @@ def _runs(repo: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_training_evaluation_and_sweeps_log_to_an_aim_server(aim_server, tmp_path):
     url, repo = aim_server
-    data = ensure_tiny_dataset("sudoku", tmp_path / "data", train_count=32, test_count=8)
+    data = tmp_path / "data"  # both processes generate it at once (ensure_tiny_dataset)
     run_dir = tmp_path / "run"
     two_processes("train.py", [
         "sudoku-tiny", "--tracking.repo", url, "--tracking.run-name", "pod run",

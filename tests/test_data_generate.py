@@ -3,12 +3,13 @@ validity and optimality (independent BFS), CSV round trips, tiny data sets, the 
 
 from __future__ import annotations
 
+import shutil
 from collections import deque
 
 import numpy as np
 import pytest
 
-from data import generate, sources, sudoku_gen
+from data import build, generate, sources, sudoku_gen
 from data.__main__ import main
 from data.common import DataError
 from data.maze_gen import generate_mazes
@@ -142,6 +143,31 @@ def test_ensure_tiny_dataset_builds_once(tmp_path):
     sudoku = generate.ensure_tiny_dataset("sudoku", tmp_path / "s", train_count=4, test_count=2)
     assert load_metadata(sudoku, "test").total_groups == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "tiny"]
+
+
+def test_ensure_tiny_dataset_when_another_process_finishes_first(tmp_path, monkeypatch):
+    """Hosts of a multi-host run generate into one shared directory at once: the one that
+    finishes second keeps the set already in place (its own is the same) instead of swapping
+    it out under the other's feet; a set of another recipe there is an error."""
+    theirs = generate.ensure_tiny_dataset("maze", tmp_path / "theirs", train_count=6,
+                                          test_count=2, size=6)
+    (theirs / "marker").write_text("theirs")
+    out = tmp_path / "tiny"
+    real = build.build_maze
+
+    def finished_meanwhile(train_csv, test_csv, staged, **kwargs):
+        result = real(train_csv, test_csv, staged, **kwargs)
+        shutil.copytree(theirs, out)  # what the faster process renamed into place
+        return result
+
+    monkeypatch.setattr(build, "build_maze", finished_meanwhile)
+    got = generate.ensure_tiny_dataset("maze", out, train_count=6, test_count=2, size=6)
+    assert got == out and (out / "marker").read_text() == "theirs"
+    assert load_metadata(out).total_groups == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs", "tiny"]  # nothing aside
+    shutil.rmtree(out)
+    with pytest.raises(DataError, match="delete it to rebuild"):
+        generate.ensure_tiny_dataset("maze", out, train_count=7, test_count=2, size=6)
 
 
 def test_cli_generate(tmp_path, capsys):

@@ -15,8 +15,6 @@ import pytest
 from test_data_fixtures import built_arc, built_sudoku
 from test_evaluate import save_tiny_checkpoint
 
-from data.generate import ensure_tiny_dataset
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +64,7 @@ def _eval_line(output: str) -> str:
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    data = ensure_tiny_dataset("sudoku", tmp_path / "data", train_count=48, test_count=16)
+    data = tmp_path / "data"  # both processes generate it at once (ensure_tiny_dataset)
     outs = two_processes("train.py", _args(tmp_path / "multi", data))
     single = one_process("train.py", _args(tmp_path / "single", data))
     assert _eval_line(outs[0]) == _eval_line(outs[1]) == _eval_line(single)
