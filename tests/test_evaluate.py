@@ -316,6 +316,19 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_missing_training_data_set_is_one_error(sudoku_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sudoku_dir, data)
+    ckpt, _ = save_tiny_checkpoint(tmp_path / "run", data)
+    shutil.rmtree(data)
+    out = tmp_path / "res.json"
+    assert evaluate_cli.main(["--checkpoint-dir", str(ckpt), "--no-progress", "--out",
+                              str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the training run's data set, {data}") and "\n" not in err
+    assert "give --data-dir" in err and not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["flip_bit"])  # the others: test_checkpoint.py
 def test_damaged_latest_step_falls_back_then_one_error(checkpoint, tmp_path, capsys, kind):
     ckpt = tmp_path / "ckpt"

@@ -186,10 +186,24 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error:") and "step 2, past" in err[0]
     assert "last step 1 (--max-steps 1)" in err[0]
-    assert train_cli.main(args + ["--max-steps", "2"]) == 0
+    def no_tracker(*args, **kwargs):
+        raise AssertionError("a run with nothing to train opened a tracking run")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop.Tracker, "open", no_tracker)
+        assert train_cli.main(args + ["--max-steps", "2"]) == 0
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("notice:") and "nothing to train" in err[0]
     assert saved_steps(tmp_path / "run") == [1, 2]
+
+
+def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):
+    """Checkpoints record --data.data-dir; evaluate.py may run from another directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = loop.with_absolute_data_dir(parse_cli(["sudoku-tiny", "--data.data-dir", "d"]))
+    assert cfg.data.data_dir == str(tmp_path / "d")
+    remote = parse_cli(["sudoku-extreme", "--data.data-dir", "gs://bucket/d"])
+    assert loop.with_absolute_data_dir(remote) is remote
 
 
 @pytest.mark.slow  # the fallback itself: test_checkpoint.py; this is the loop end to end

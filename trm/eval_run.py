@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from data.common import atomic_file
-from data.storage import as_path, local_copy
+from data.storage import as_path, is_url, local_copy
 from trm.arc_eval import ArcVoter, Submission, write_submission
 from trm.config import require
 from trm.eval_source import ModelSource, check_compatible, check_data, load_model
@@ -264,6 +264,10 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     data_dir = args.data_dir or (run.data.data_dir if run else None)
     if data_dir is None:
         raise ValueError("give --data-dir")
+    if not args.data_dir and not is_url(data_dir) and not (
+            Path(data_dir) / "metadata.json").is_file():
+        raise FileNotFoundError(f"the training run's data set, {data_dir} (as its checkpoint "
+                                "records it), is not here; give --data-dir")
     local = local_copy(data_dir)  # a URL is read from a local copy
     check_data(args, loaded, local)
     batch_size = args.batch_size or (run.eval.batch_size or run.optim.global_batch_size

@@ -159,12 +159,12 @@ def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> Tra
     return state
 
 
-def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -> None:
-    """ValueError when the checkpoint resumed from (step `start`) is past this run's last step
-    (a shorter --optim.epochs or --max-steps than the run was saved with); one notice line when
-    the run is already at its last step (nothing to train)."""
+def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -> bool:
+    """Whether the run is already at its last step (nothing to train: one notice line).
+    ValueError when the checkpoint resumed from (step `start`) is past it (a shorter
+    --optim.epochs or --max-steps than the run was saved with)."""
     if start < last_step:
-        return
+        return False
     budget = (f"--max-steps {cfg.max_steps}" if cfg.max_steps is not None and cfg.max_steps < total
               else f"--optim.epochs {cfg.optim.epochs} gives {total} steps")
     if start > last_step:
@@ -174,6 +174,7 @@ def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -
     if jax.process_index() == 0:
         print(f"notice: {cfg.checkpoint_dir} is already at this run's last step {start} "
               f"({budget}); nothing to train", file=sys.stderr)
+    return True
 
 
 def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
@@ -194,10 +195,22 @@ def prepare_data(cfg: RunConfig) -> Path:
         return local_copy(d.data_dir)
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")
+        if not (Path(d.data_dir) / "metadata.json").is_file() and jax.process_index() == 0:
+            print(f"data: generating {d.num_train} + {d.num_test} {kind} puzzles into "
+                  f"{d.data_dir} (once; later runs read them)", flush=True)
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
                             test_count=d.num_test, seed=d.seed, min_clues=d.min_clues,
                             size=d.maze_size)
     return Path(d.data_dir)
+
+
+def with_absolute_data_dir(cfg: RunConfig) -> RunConfig:
+    """`cfg` with a local --data.data-dir made absolute: the checkpoints record it, and
+    evaluate.py, run from anywhere, reads the training run's data set from there."""
+    if is_url(cfg.data.data_dir):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, data_dir=os.path.abspath(cfg.data.data_dir)))
 
 
 def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
@@ -294,6 +307,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     from data import fingerprint
     from data.pipeline import load_metadata, train_iterator
 
+    cfg = with_absolute_data_dir(cfg)
     split = split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
@@ -341,7 +355,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                    flag="--data.allow-mismatch"))
         state = resume(checkpointer, state, data_iter)
     start = int(state.step)
-    check_resume_point(start, last_step, cfg, total)
+    if check_resume_point(start, last_step, cfg, total):
+        checkpointer.close()
+        return TrainResult(state=state, steps=start, train_metrics=[], eval_metrics={})
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
         state = with_model_config(state, phase_cfg)
