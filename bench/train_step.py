@@ -27,10 +27,10 @@ import numpy as np
 import optax
 
 from trm.config import ModelConfig
-from trm.loop import split_cpu
 from trm.models import build_model
 from trm.models.layers import swiglu_intermediate_size
 from trm.optim import adam_atan2
+from trm.preflight import split_cpu
 from trm.run_config import MeshConfig
 from trm.train_step import (
     batch_sharding,
@@ -123,7 +123,7 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def split_host(args: argparse.Namespace) -> None:
-    """The CPU device split of `train.py` (`trm.loop.split_cpu`), before JAX starts."""
+    """The CPU device split of `train.py` (`trm.preflight.split_cpu`), before JAX starts."""
     split_cpu(MeshConfig(cpu_devices=args.cpu_devices, data=args.devices or -1), args.batch)
 
 

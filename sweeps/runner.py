@@ -226,7 +226,7 @@ def _prepare(runs: Sequence[PlannedRun]) -> None:
     Aim repository (two runs creating one at the same time make one of them fail)."""
     from aim import Repo
 
-    from trm.loop import prepare_data
+    from trm.preflight import prepare_data
 
     data_dirs, repos = set(), set()
     for r in runs:

@@ -110,9 +110,9 @@ def damage_step(step_dir: Path, kind: str) -> None:
         raise ValueError(kind)
 
 
-DAMAGE = ("truncate", "empty", "garble", "flip_bytes", "flip_bit", "delete_state", "delete_data_iter",
-          "delete_config", "no_manifest", "garble_state_metadata", "garble_config",
-          "garble_data_iter")
+DAMAGE = ("truncate", "empty", "garble", "flip_bytes", "flip_bit", "delete_state",
+          "delete_data_iter", "delete_config", "no_manifest", "garble_state_metadata",
+          "garble_config", "garble_data_iter")
 
 
 @contextlib.contextmanager

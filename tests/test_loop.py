@@ -17,7 +17,7 @@ import pytest
 from helpers import damage_step, unwritable
 
 import train as train_cli
-from trm import loop
+from trm import loop, preflight
 from trm.loop import train
 from trm.run_config import MeshConfig, parse_cli
 
@@ -186,24 +186,36 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error:") and "step 2, past" in err[0]
     assert "last step 1 (--max-steps 1)" in err[0]
+
     def no_tracker(*args, **kwargs):
         raise AssertionError("a run with nothing to train opened a tracking run")
 
+    used = []
+
+    def recorded(cfg):
+        used.append(cfg.data.data_dir)
+        return preflight.prepare_data(cfg)
+
+    relative = [data_dir.name if a == str(data_dir) else a for a in args]
     with pytest.MonkeyPatch.context() as m:
         m.setattr(loop.Tracker, "open", no_tracker)
-        assert train_cli.main(args + ["--max-steps", "2"]) == 0
+        m.setattr(loop, "prepare_data", recorded)
+        m.chdir(data_dir.parent)
+        assert train_cli.main(relative + ["--max-steps", "2"]) == 0
+    assert used == [str(data_dir)]  # what the checkpoints record: absolute
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("notice:") and "nothing to train" in err[0]
     assert saved_steps(tmp_path / "run") == [1, 2]
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):
-    """Checkpoints record --data.data-dir; evaluate.py may run from another directory."""
+    """Checkpoints record --data.data-dir; evaluate.py may run from another directory (a URL
+    is kept as given)."""
     monkeypatch.chdir(tmp_path)
-    cfg = loop.with_absolute_data_dir(parse_cli(["sudoku-tiny", "--data.data-dir", "d"]))
+    cfg = preflight.with_absolute_data_dir(parse_cli(["sudoku-tiny", "--data.data-dir", "d"]))
     assert cfg.data.data_dir == str(tmp_path / "d")
     remote = parse_cli(["sudoku-extreme", "--data.data-dir", "gs://bucket/d"])
-    assert loop.with_absolute_data_dir(remote) is remote
+    assert preflight.with_absolute_data_dir(remote) is remote
 
 
 @pytest.mark.slow  # the fallback itself: test_checkpoint.py; this is the loop end to end
@@ -267,7 +279,7 @@ def test_bad_flags_give_one_line_errors(tmp_path, data_dir, capsys, flags, messa
 
 _SPLIT = """
 import os, sys, jax
-from trm.loop import split_cpu
+from trm.preflight import split_cpu
 from trm.run_config import MeshConfig
 print(split_cpu(MeshConfig(cpu_devices=int(sys.argv[1]), data=int(sys.argv[2])),
                 *map(int, sys.argv[3:])),
@@ -294,10 +306,10 @@ def test_split_cpu_gives_one_device_per_core_that_divides_the_batches():
 
 def test_split_cpu_leaves_the_devices_alone(monkeypatch):
     """One device asked for, an explicit XLA device count (this suite's), or JAX started."""
-    assert loop.split_cpu(MeshConfig(cpu_devices=1), 8) is None
+    assert preflight.split_cpu(MeshConfig(cpu_devices=1), 8) is None
     assert "xla_force_host_platform_device_count" in os.environ["XLA_FLAGS"]
-    assert loop.split_cpu(MeshConfig(), 8) is None
+    assert preflight.split_cpu(MeshConfig(), 8) is None
     monkeypatch.delenv("XLA_FLAGS")
     jax.devices()
-    assert loop.split_cpu(MeshConfig(cpu_devices=2), 8) is None
+    assert preflight.split_cpu(MeshConfig(cpu_devices=2), 8) is None
     assert jax.config.jax_num_cpu_devices == -1

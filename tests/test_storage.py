@@ -22,7 +22,7 @@ from data.storage import as_path, is_url, local_copy
 from trm.checkpoint import Checkpointer
 from trm.config import ConfigError, ModelConfig
 from trm.eval_source import restore_checkpoint
-from trm.loop import prepare_data
+from trm.preflight import prepare_data
 from trm.run_config import CheckpointConfig, parse_cli
 
 fsspec_registry = sys.modules["fsspec.registry"]

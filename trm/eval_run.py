@@ -42,8 +42,9 @@ from trm.evaluation import (
     per_step_accuracy,
     rollout,
 )
-from trm.loop import initialize_distributed, split_cpu, to_global
+from trm.loop import to_global
 from trm.models import ACTModel
+from trm.preflight import initialize_distributed, split_cpu
 from trm.render import plot_per_step
 from trm.run_config import MeshConfig
 from trm.tracking import Tracker, open_aim_run

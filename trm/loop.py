@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,21 +28,29 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from data.storage import as_path, is_url, local_copy
+from data.storage import as_path
 from trm.checkpoint import (
     Checkpointer,
     UnusableCheckpoint,
     average_trees,
     restore_last,
-    short_reason,
 )
-from trm.cli import RunFailed, RunStopped, warn
-from trm.config import ConfigError, ModelConfig
+from trm.cli import RunStopped, warn
+from trm.config import ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
+from trm.preflight import (
+    check_batches,
+    check_free_space,
+    check_writable,
+    initialize_distributed,
+    prepare_data,
+    split_cpu,
+    with_absolute_data_dir,
+)
 from trm.progress import Reporter
-from trm.run_config import MeshConfig, RunConfig
+from trm.run_config import RunConfig
 from trm.schedule import total_steps
 from trm.tracking import Tracker
 from trm.train_step import (
@@ -73,78 +79,6 @@ class TrainResult:
     """Normalised train metrics of the steps run in this call."""
     eval_metrics: dict[str, dict[str, float]]
     """Last evaluation: set name -> metrics."""
-
-
-def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
-    """Before JAX starts: one XLA:CPU device per core, so that a CPU run's data-parallel shards
-    run side by side. Returns the device count set (None: left as it was).
-
-    XLA:CPU runs a device's operations one after another: its matmuls use every core, but the
-    recursion's many small element-wise and loop operations run on one. Sharding the batch over
-    one device per core overlaps them (1.0-1.45x per step on 2 cores, README "Performance"). The count
-    is `m.data` when a mesh size is asked for, else the largest <= the cores (or at most
-    `m.cpu_devices`) that divides every batch given. Left alone when `m.cpu_devices` is 1, when
-    XLA_FLAGS or `jax_num_cpu_devices` already set it, when JAX has started (its devices are
-    fixed then), and multi-host unless `m.cpu_devices` asks.
-    """
-    if (m.cpu_devices == 1 or (m.distributed and m.cpu_devices == 0)
-            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-            or jax.config.jax_num_cpu_devices != -1):
-        return None
-    limit = m.cpu_devices or len(os.sched_getaffinity(0))
-    count = m.data if m.data > 0 and not m.cpu_devices else max(
-        n for n in range(1, limit + 1) if all(b is None or b % n == 0 for b in batches))
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # JAX has started: its devices are fixed
-        return None
-    return count
-
-
-def initialize_distributed(m: MeshConfig) -> None:
-    """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
-    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...)."""
-    if not m.distributed:
-        return
-    local = m.coordinator_address is not None and m.coordinator_address.startswith(
-        ("127.0.0.1:", "localhost:"))
-    jax.distributed.initialize(coordinator_address=m.coordinator_address,
-                               num_processes=m.num_processes, process_id=m.process_id,
-                               # a coordinator on this machine listens on loopback only
-                               coordinator_bind_address=m.coordinator_address if local else None)
-
-
-def check_batches(cfg: RunConfig, devices: int) -> None:
-    """Raise ConfigError naming the flag when a batch does not split over the mesh."""
-    for flag, batch in (("--optim.global-batch-size", cfg.optim.global_batch_size),
-                        ("--eval.batch-size", cfg.eval.batch_size)):
-        if batch is not None and batch % devices:
-            raise ConfigError(f"{flag} {batch} is not a multiple of the {devices} devices "
-                              f"(--mesh.data)")
-
-
-def check_writable(directory: str) -> None:
-    """Create `directory` and write and remove a probe file in it; RunFailed if that fails."""
-    d = as_path(directory)
-    probe = d / f".trm-write-probe-{jax.process_index()}"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"probe")
-        probe.unlink()
-    except OSError as e:
-        raise RunFailed(f"cannot write to {directory}: {short_reason(e)}") from None
-
-
-def check_free_space(directory: str, checkpoint_bytes: int) -> None:
-    """RunFailed unless a local `directory` has room for two checkpoints (the one being
-    written next to those kept). Remote paths (gs://...) are not checked."""
-    if is_url(directory):
-        return
-    free, need = shutil.disk_usage(directory).free, 2 * checkpoint_bytes
-    if free < need:
-        raise RunFailed(f"{directory}: {free / 2**20:.1f} MiB free, checkpoints of this run "
-                        f"need about {need / 2**20:.1f} MiB (two of "
-                        f"{checkpoint_bytes / 2**20:.1f} MiB)")
 
 
 def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> TrainState:
@@ -183,34 +117,6 @@ def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
     kept = (f"the last good checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
             if steps else "no checkpoint was saved")
     return f"{error}; stopping before saving it, {kept}"
-
-
-def prepare_data(cfg: RunConfig) -> Path:
-    """The local data directory: generated first when the config asks for a synthetic set, a
-    local copy when data_dir is a URL (`data.storage.local_copy`)."""
-    from data.generate import ensure_tiny_dataset
-
-    d = cfg.data
-    if is_url(d.data_dir):  # RunConfig refuses generate with a URL
-        return local_copy(d.data_dir)
-    if d.generate != "none":
-        kind = d.generate.removesuffix("-tiny")
-        if not (Path(d.data_dir) / "metadata.json").is_file() and jax.process_index() == 0:
-            print(f"data: generating {d.num_train} + {d.num_test} {kind} puzzles into "
-                  f"{d.data_dir} (once; later runs read them)", flush=True)
-        ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
-                            test_count=d.num_test, seed=d.seed, min_clues=d.min_clues,
-                            size=d.maze_size)
-    return Path(d.data_dir)
-
-
-def with_absolute_data_dir(cfg: RunConfig) -> RunConfig:
-    """`cfg` with a local --data.data-dir made absolute: the checkpoints record it, and
-    evaluate.py, run from anywhere, reads the training run's data set from there."""
-    if is_url(cfg.data.data_dir):
-        return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, data_dir=os.path.abspath(cfg.data.data_dir)))
 
 
 def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
