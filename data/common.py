@@ -32,6 +32,19 @@ class DataError(Exception):
     """Bad input or a bad request; the message names the file, row/task and the problem."""
 
 
+def count_rejections(in_a_row: int, accepted: int, tried: int, *, limit: int,
+                     request: str) -> int:
+    """Rejected candidates in a row of a rejection sampler after one more batch of `tried`
+    candidates of which `accepted` were kept. Raises DataError naming `request` (the filter,
+    as its flags) once `limit` candidates in a row were rejected: a filter that (almost) no
+    candidate meets stops with an error instead of looping forever."""
+    in_a_row = 0 if accepted else in_a_row + tried
+    if in_a_row >= limit:
+        raise DataError(f"{in_a_row} generated candidates in a row were rejected: (almost) none "
+                        f"meets {request}; relax it")
+    return in_a_row
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a missing or malformed file raises DataError naming it."""
     if not path.is_file():

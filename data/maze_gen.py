@@ -7,7 +7,8 @@ spanning-tree maze (randomised depth-first search on the cells at even coordinat
 walls) with a random fraction in [0, 0.2] of its walls opened (loops, 45-50% walls). The start
 is a random free cell; the goal is drawn among the cells whose shortest path from the start
 has at least `min_path_length` moves (and, with `unique_path`, is the only shortest path);
-mazes without such a cell are redrawn. The answer marks the path cells between S and G 'o'.
+mazes without such a cell are redrawn (DataError after MAX_REJECTED_MAZES in a row). The
+answer marks the path cells between S and G 'o'.
 Tokens: '#' 1 (wall), ' ' 2 (free), 'S' 3, 'G' 4, 'o' 5 (path).
 """
 
@@ -17,9 +18,15 @@ import numpy as np
 from jaxtyping import Bool, Int, Integer
 from tqdm import tqdm
 
+from data.common import count_rejections
+
 WALL, FREE, START, GOAL, PATH = 1, 2, 3, 4, 5
 HARD_PATH_LENGTH_30 = 111
 """Default minimum shortest-path length (moves) at 30x30: "longer than 110", as Maze-Hard."""
+_BATCH = 64
+"""Candidate mazes drawn (and searched) at once."""
+MAX_REJECTED_MAZES = 20_000
+"""Candidates in a row that may be rejected before the filter counts as unmeetable."""
 
 
 def default_min_path_length(size: int) -> int:
@@ -123,25 +130,30 @@ def generate_mazes(count: int, *, size: int = 30, min_path_length: int | None = 
         raise ValueError(f"min_path_length {min_len} is impossible on a {size}x{size} grid")
     rng = np.random.default_rng(seed)
     qs, ans, lengths = [], [], []
-    bar = tqdm(total=count, desc=f"mazes {size}x{size}", disable=not progress)
-    while len(qs) < count:
-        free, start = _candidates(rng, 64, size)
-        dist, paths = bfs(free, start)
-        ok = (dist >= max(min_len, 1)) & ((paths == 1) | (not unique_path))
-        keys = np.where(ok, rng.random(ok.shape), -1.0).reshape(len(ok), -1)
-        for k in np.flatnonzero(ok.reshape(len(ok), -1).any(1))[: count - len(qs)]:
-            g = np.unravel_index(int(np.argmax(keys[k])), (size, size))
-            q = np.where(free[k], FREE, WALL)
-            q[start[k]] = START
-            q[g] = GOAL
-            a = q.copy()
-            for cell in _trace(dist[k], (int(g[0]), int(g[1]))):
-                a[cell] = PATH
-            qs.append(q)
-            ans.append(a)
-            lengths.append(int(dist[k][g]))
-            bar.update(1)
-    bar.close()
+    with tqdm(total=count, desc=f"mazes {size}x{size}", disable=not progress) as bar:
+        rejected = 0
+        while len(qs) < count:
+            free, start = _candidates(rng, _BATCH, size)
+            dist, paths = bfs(free, start)
+            ok = (dist >= max(min_len, 1)) & ((paths == 1) | (not unique_path))
+            keys = np.where(ok, rng.random(ok.shape), -1.0).reshape(len(ok), -1)
+            accepted = np.flatnonzero(ok.reshape(len(ok), -1).any(1))
+            rejected = count_rejections(
+                rejected, len(accepted), _BATCH, limit=MAX_REJECTED_MAZES,
+                request=f"--min-path-length {min_len}{'' if unique_path else ' --allow-ties'} "
+                        f"at --size {size}")
+            for k in accepted[: count - len(qs)]:
+                g = np.unravel_index(int(np.argmax(keys[k])), (size, size))
+                q = np.where(free[k], FREE, WALL)
+                q[start[k]] = START
+                q[g] = GOAL
+                a = q.copy()
+                for cell in _trace(dist[k], (int(g[0]), int(g[1]))):
+                    a[cell] = PATH
+                qs.append(q)
+                ans.append(a)
+                lengths.append(int(dist[k][g]))
+                bar.update(1)
     shape = (-1, size, size)
     return (np.array(qs, np.int64).reshape(shape), np.array(ans, np.int64).reshape(shape),
             np.array(lengths, np.int64))

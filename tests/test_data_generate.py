@@ -182,3 +182,33 @@ def test_cli_generate(tmp_path, capsys):
                  "--out", str(tmp_path / "bad.csv")]) == 1
     assert capsys.readouterr().err.startswith("error: min_path_length 50 is impossible")
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_cli_generate_stops_on_a_filter_no_candidate_meets(tmp_path, capsys):
+    """A 5x5 maze has no unique shortest path of 20 moves (though 20 <= 24 passes the
+    size check): one error line, exit 1, no file, instead of sampling forever."""
+    out = tmp_path / "m.csv"
+    assert main(["generate", "maze", "--count", "1", "--size", "5", "--min-path-length", "20",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "--min-path-length 20 at --size 5" in err
+    assert not out.exists()
+
+
+def test_sudoku_filter_no_candidate_meets_is_an_error(tmp_path, monkeypatch, capsys):
+    """60 clues leave nothing to guess (rating 0), so --min-rating 1 rejects every candidate:
+    one error line, exit 1, no file (the limit lowered from ~1 min of candidates)."""
+    monkeypatch.setattr(generate, "MAX_REJECTED_SUDOKUS", 5)
+    out = tmp_path / "s.csv"
+    assert main(["generate", "sudoku", "--count", "1", "--min-rating", "1", "--min-clues", "60",
+                 "--workers", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: 5 generated candidates in a row were rejected")
+    assert "--min-rating 1 with --min-clues 60" in err
+    assert not out.exists()
+
+
+def test_sudoku_filter_no_candidate_meets_stops_the_workers():
+    with pytest.raises(DataError, match="in a row were rejected"):
+        generate.sudoku_rows(120, min_rating=1, min_clues=60, workers=2, progress=False,
+                             max_rejected=3)
