@@ -82,7 +82,13 @@ def _run(args: argparse.Namespace) -> str:
         else:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
                                    **common)
-        return f"wrote {args.out}: " + json.dumps(meta) + "\n" + build.leak_line(meta["leaks"])
+        lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
+        rows = meta["splits"]["train"]["total_groups"]
+        if args.kind != "arc" and args.subsample_size and rows < args.subsample_size:
+            filtered = " after --min-rating" if getattr(args, "min_rating", None) else ""
+            lines.append(f"notice: --subsample-size {args.subsample_size}: {args.train_csv} has "
+                         f"only {rows} puzzles{filtered}; all are used (as official)")
+        return "\n".join(lines)
     t0 = time.perf_counter()
     if args.kind == "sudoku":
         generate.write_sudoku_csv(args.out, args.count, seed=args.seed,
@@ -104,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted (nothing written)", file=sys.stderr)
+        return 130
     return 0
 
 

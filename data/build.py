@@ -18,6 +18,7 @@ from data.common import (
     SUDOKU_VOCAB,
     DataError,
     atomic_dir,
+    check_output_dir,
 )
 from data.store import ArcArrays, write_arc, write_metadata, write_puzzles
 
@@ -63,6 +64,7 @@ def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path,
                         strict: bool) -> dict[str, Any]:
     """Sudoku / maze: one example per puzzle, identifiers all blank (as official); the leak
     check compares the written training puzzles with the test puzzles."""
+    check_output_dir(out)  # before the work
     t0 = time.perf_counter()
     train = sources.subsample(reader(Path(train_csv), min_rating=min_rating), subsample_size,
                               seed)
@@ -150,6 +152,7 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
               strict: bool = False) -> dict[str, Any]:
     """ARC JSON subsets -> DIR: base grids, example table and augmentation pool; `strict`
     refuses test pairs that also appear (exactly) among the training rows."""
+    check_output_dir(out)  # before the work
     t0 = time.perf_counter()
     subsets = list(subsets)
     for s in subsets + [test_subset]:

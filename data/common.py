@@ -56,13 +56,34 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
+def check_output_file(out: str | os.PathLike[str]) -> None:
+    """DataError when the local path `out` cannot become a file: it is a directory. Commands
+    call it on every output before their work starts, so that nothing is half-written."""
+    if not is_url(out) and Path(out).is_dir():
+        raise DataError(f"{out} is a directory; give a file path")
+
+
+def check_output_dir(out: str | os.PathLike[str]) -> None:
+    """DataError when writing a data set to `out` would destroy something else: `out` is a
+    file, or a non-empty directory that holds no data set (no metadata.json). A data set
+    there is replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; give a directory for the data set")
+    if out.is_dir() and any(out.iterdir()) and not (out / "metadata.json").is_file():
+        raise DataError(f"{out} is not empty and holds no data set: writing the data set there "
+                        "would delete its files; give a new or empty directory")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `out`; on success it replaces `out`.
 
-    On any exception the temporary directory is removed and `out` is left as it was.
+    On any exception the temporary directory is removed and `out` is left as it was. `out`
+    must be new, empty or a data set (DataError otherwise, see `check_output_dir`).
     """
     out = Path(out)
+    check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)
@@ -85,7 +106,8 @@ def atomic_file(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `out`; on success it is renamed to `out`.
 
     `out` may be a URL (`data.storage`): the file is written locally, then uploaded in one
-    piece on success (an object store shows a whole object or none)."""
+    piece on success (an object store shows a whole object or none). DataError when `out`
+    is a directory (before anything is written) or cannot be written."""
     if is_url(out):
         with tempfile.TemporaryDirectory(prefix="trm-upload-") as d:
             tmp = Path(d) / as_path(out).name
@@ -95,6 +117,7 @@ def atomic_file(out: str | os.PathLike[str]) -> Iterator[Path]:
             dest.write_bytes(tmp.read_bytes())
         return
     out = Path(out)
+    check_output_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
@@ -105,4 +128,8 @@ def atomic_file(out: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {out}: {e.strerror or e}") from None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -13,7 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data import build, sudoku_gen
-from data.common import MAZE_CHARSET, DataError, atomic_file, count_rejections
+from data.common import (
+    MAZE_CHARSET,
+    DataError,
+    atomic_file,
+    check_output_file,
+    count_rejections,
+)
 from data.maze_gen import generate_mazes
 from data.sources import HEADER
 from data.store import read_metadata_json
@@ -43,6 +49,11 @@ def _sudoku_chunk(seed: int, chunk: int, count: int, min_rating: int, min_clues:
     return rows
 
 
+def _indexed_sudoku_chunk(job: tuple[int, int, int, int, int, int]
+                          ) -> tuple[int, list[tuple[str, str, int]]]:
+    return job[1], _sudoku_chunk(*job)
+
+
 def sudoku_rows(count: int, *, seed: int = 0, min_rating: int = 0, min_clues: int = 0,
                 workers: int | None = None, progress: bool = True,
                 max_rejected: int | None = None) -> list[tuple[str, str, int]]:
@@ -65,19 +76,15 @@ def sudoku_rows(count: int, *, seed: int = 0, min_rating: int = 0, min_clues: in
             for i, n in enumerate(sizes):
                 results[i] = _sudoku_chunk(seed, i, n, min_rating, min_clues, max_rejected)
                 bar.update(n)
-        else:
+        else:  # workers ignore Ctrl-C; leaving the pool's block terminates them at once
             ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-                futures = {ex.submit(_sudoku_chunk, seed, i, n, min_rating, min_clues,
-                                     max_rejected): i
-                           for i, n in enumerate(sizes)}
-                try:
-                    for fut in concurrent.futures.as_completed(futures):
-                        results[futures[fut]] = fut.result()
-                        bar.update(sizes[futures[fut]])
-                except BaseException:
-                    ex.shutdown(cancel_futures=True)
-                    raise
+            jobs = [(seed, i, n, min_rating, min_clues, max_rejected)
+                    for i, n in enumerate(sizes)]
+            with ctx.Pool(workers, initializer=signal.signal,
+                          initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+                for i, rows in pool.imap_unordered(_indexed_sudoku_chunk, jobs):
+                    results[i] = rows
+                    bar.update(sizes[i])
     return [row for chunk in results for row in chunk]
 
 
@@ -91,6 +98,7 @@ def write_sudoku_csv(out: Path, count: int, *, seed: int = 0, min_rating: int = 
                      min_clues: int = 0, workers: int | None = None, progress: bool = True
                      ) -> None:
     """Generate Sudokus into a Sudoku-Extreme-format CSV (rating = solver guesses)."""
+    check_output_file(out)  # before the work
     rows = sudoku_rows(count, seed=seed, min_rating=min_rating, min_clues=min_clues,
                        workers=workers, progress=progress)
     _write_csv(out, f"generated-seed{seed}", rows)
@@ -101,6 +109,7 @@ def write_maze_csv(out: Path, count: int, *, size: int = 30, min_path_length: in
                    ) -> np.ndarray:
     """Generate mazes into a Maze-Hard-format CSV (rating = shortest-path length in moves);
     returns the path lengths."""
+    check_output_file(out)  # before the work
     try:
         q, a, lengths = generate_mazes(count, size=size, min_path_length=min_path_length,
                                        unique_path=unique_path, seed=seed, progress=progress)

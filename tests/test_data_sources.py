@@ -144,6 +144,41 @@ def test_cli_error_exits_nonzero_and_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "good.csv", "out"]
 
 
+def test_build_refuses_to_write_over_what_is_not_a_data_set(tmp_path, capsys):
+    """--out may be new, empty or a data set (replaced); a file or a directory of other files
+    (e.g. the raw input folder) is refused before any work, and left as it was."""
+    good = write_csv(tmp_path / "good.csv", sudoku_rows(3, 0))
+    build_args = ["build", "sudoku", "--train-csv", str(good), "--test-csv", str(good), "--out"]
+    for taken, message in ((tmp_path, "is not empty and holds no data set"),
+                           (good, "is a file; give a directory")):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        assert main([*build_args, str(taken)]) == 1
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert good.read_text().startswith("source,question,answer,rating")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*build_args, str(empty)]) == 0
+    assert main([*build_args, str(empty)]) == 0   # a data set is replaced
+    assert (empty / "metadata.json").is_file()
+
+
+def test_cli_generate_to_a_directory_is_one_error_and_leaves_no_file(tmp_path, capsys):
+    assert main(["generate", "sudoku", "--count", "1", "--workers", "1", "--out",
+                 str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} is a directory; give a file path"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_subsample_larger_than_the_file_uses_every_row_and_says_so(tmp_path, capsys):
+    good = write_csv(tmp_path / "good.csv", sudoku_rows(3, 0))
+    assert main(["build", "sudoku", "--train-csv", str(good), "--test-csv", str(good),
+                 "--subsample-size", "500", "--out", str(tmp_path / "out")]) == 0
+    assert (f"notice: --subsample-size 500: {good} has only 3 puzzles; all are used"
+            in capsys.readouterr().out)
+    assert load_metadata(tmp_path / "out").total_groups == 3
+
+
 def test_cli_build_maze_and_help(tmp_path, capsys):
     path = write_csv(tmp_path / "m.csv", maze_rows(2))
     assert main(["build", "maze", "--train-csv", str(path), "--test-csv", str(path),

@@ -316,6 +316,19 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["--out", "--plot", "--arc-submission"])
+def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, tmp_path, capsys,
+                                                                     flag):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",
+            str(tmp_path / "res.json"), flag, str(taken)]
+    assert evaluate_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {taken} is a directory; give a file path"
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(taken.iterdir())
+
+
 def test_a_missing_training_data_set_is_one_error(sudoku_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(sudoku_dir, data)

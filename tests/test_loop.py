@@ -192,9 +192,9 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
 
     used = []
 
-    def recorded(cfg):
+    def recorded(cfg, **kwargs):
         used.append(cfg.data.data_dir)
-        return preflight.prepare_data(cfg)
+        return preflight.prepare_data(cfg, **kwargs)
 
     relative = [data_dir.name if a == str(data_dir) else a for a in args]
     with pytest.MonkeyPatch.context() as m:

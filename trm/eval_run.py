@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from data.common import atomic_file
+from data.common import atomic_file, check_output_file
 from data.storage import as_path, is_url, local_copy
 from trm.arc_eval import ArcVoter, Submission, write_submission
 from trm.config import require
@@ -203,6 +203,13 @@ class EvalArgs(ModelSource):
         out = as_path(self.out)
         return str(out.with_name(out.stem + suffix))
 
+    def output_files(self) -> list[str]:
+        """Every file this evaluation may write (`_write_outputs`)."""
+        submissions = [self.arc_submission] if self.arc_submission else []
+        return [self.out, self.plot or self.output_path("_per_step.png"), *submissions,
+                self.output_path("_submission.json"),
+                *(self.output_path(f"_{split}_submission.json") for split in self.split)]
+
 
 def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:
     if not (args.aim_run or args.track) or jax.process_index() != 0:
@@ -254,6 +261,8 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
+    for path in args.output_files():  # before any work: nothing half-written
+        check_output_file(path)
     if args.batch_size is not None or args.mesh.data > 0:  # else the batch is the run's,
         split_cpu(args.mesh, args.batch_size)  # known only once JAX has started
     initialize_distributed(args.mesh)

@@ -222,7 +222,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     check_batches(cfg, mesh.devices.size)
     for directory in dict.fromkeys((cfg.run_dir, cfg.checkpoint_dir)):
         check_writable(directory)
-    data_dir = prepare_data(cfg)
+    data_dir = prepare_data(cfg, progress=progress)
     metadata = load_metadata(data_dir)
     model_cfg = model_config_for(cfg.model, metadata)
     total, eval_every = step_budget(cfg, metadata)

@@ -92,9 +92,10 @@ def check_free_space(directory: str, checkpoint_bytes: int) -> None:
                         f"{checkpoint_bytes / 2**20:.1f} MiB)")
 
 
-def prepare_data(cfg: RunConfig) -> Path:
-    """The local data directory: generated first when the config asks for a synthetic set, a
-    local copy when data_dir is a URL (`data.storage.local_copy`)."""
+def prepare_data(cfg: RunConfig, *, progress: bool = True) -> Path:
+    """The local data directory: generated first when the config asks for a synthetic set
+    (with progress bars on process 0), a local copy when data_dir is a URL
+    (`data.storage.local_copy`)."""
     from data.generate import ensure_tiny_dataset
 
     d = cfg.data
@@ -107,7 +108,7 @@ def prepare_data(cfg: RunConfig) -> Path:
                   f"{d.data_dir} (once; later runs read them)", flush=True)
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,
                             test_count=d.num_test, seed=d.seed, min_clues=d.min_clues,
-                            size=d.maze_size)
+                            size=d.maze_size, progress=progress and jax.process_index() == 0)
     return Path(d.data_dir)
 
 
