@@ -63,6 +63,9 @@ def test_config_from_official_dict():
                                "softmax_cross_entropy")
     assert cfg.expansion == 4.0 and isinstance(cfg.expansion, float)
     assert cfg.loss_type == "softmax" and cfg.hidden_size == 64
+    for not_arch in ({}, {"model": {"hidden_size": 64, "num_heads": 4, "expansion": 4}}):
+        with pytest.raises(ValueError, match="lacks hidden_size, num_heads, expansion"):
+            config_from_official(not_arch)
 
 
 def test_npz_loader_and_missing_torch(tmp_path):

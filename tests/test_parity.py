@@ -147,3 +147,21 @@ def test_cli_reports_unreadable_file(tmp_path, capsys):
     missing = tmp_path / "nope.npz"
     assert parity.main([str(missing)]) == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_line_before_any_replay(tmp_path, capsys):
+    main = parity.main
+    good = FIXTURES / "trm_official_attn_rope.npz"
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:100_000])
+    no_config = tmp_path / "no_config.npz"
+    np.savez(no_config, a=np.zeros(2))
+    cases = [([str(good), str(truncated)], "not an .npz file"),  # the good one is not replayed
+             ([str(no_config)], "not a parity fixture: it has no config_json"),
+             ([str(tmp_path / "missing.npz")], "no such file"),
+             (["--tolerance", "0", str(good)], "need --tolerance > 0")]
+    for args, message in cases:
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: ")
+        assert message in captured.err and captured.err.count("\n") == 1

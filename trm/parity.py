@@ -30,13 +30,16 @@ import argparse
 import dataclasses
 import json
 import sys
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trm.checkpoint import short_reason
 from trm.config import ModelConfig
 from trm.loss import loss_head
 from trm.models import ACTModel, Carry
@@ -70,8 +73,20 @@ class Fixture:
 
 
 def load_fixture(path: str) -> Fixture:
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    """A recording of the official code (`tests/fixtures/README.md`). FileNotFoundError, or
+    ValueError naming what is wrong when `path` is not such an .npz."""
+    if not Path(path).is_file():
+        raise FileNotFoundError("no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not an .npz file (not a zip archive; truncated?)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"a damaged .npz file ({short_reason(e)})") from None
+    if "config_json" not in arrays:
+        raise ValueError("not a parity fixture: it has no config_json (the recording's "
+                         "settings)")
     settings = json.loads(str(arrays.pop("config_json")))
     arch = settings.get("arch", "trm")  # files without `arch` are trm
     # recordings use no exploration
@@ -288,15 +303,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="... or by this times its own one-ulp sensitivity, if larger")
     parser.add_argument("--verbose", action="store_true", help="print every quantity")
     args = parser.parse_args(argv)
+    if not (args.tolerance > 0 and args.factor >= 0):
+        print(f"error: need --tolerance > 0 and --factor >= 0, got {args.tolerance:g} and "
+              f"{args.factor:g}", file=sys.stderr)
+        return 2
     jax.config.update("jax_default_matmul_precision", "highest")
-
-    worst, failures = 0.0, 0
-    for path in args.files:
+    fixtures = {}
+    for path in args.files:  # every file read before the first replay
         try:
-            fx = load_fixture(path)
-        except (OSError, KeyError, ValueError) as e:
+            fixtures[path] = load_fixture(path)
+        except (OSError, ValueError) as e:
             print(f"error: {path}: {e}", file=sys.stderr)
             return 2
+
+    worst, failures = 0.0, 0
+    for path, fx in fixtures.items():
         rows = check(fx)
         for row in rows:
             allowed = row.allowed(args.tolerance, args.factor)

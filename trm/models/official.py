@@ -37,9 +37,20 @@ def arch_from_official_name(name: str) -> str:
     return name.split("@")[0].split(".")[-1]
 
 
+OFFICIAL_ARCH_KEYS = ("hidden_size", "num_heads", "expansion")
+"""Keys every official architecture config has (config/arch/*.yaml); without them a dict is
+not one (e.g. a wrapper around it), and defaults would silently stand in."""
+
+
 def config_from_official(model_cfg: Mapping[str, Any], loss_type: str = "stablemax") -> ModelConfig:
     """ModelConfig from an official architecture dict (extra keys such as batch_size ignored);
-    its `name` (`recursive_reasoning.<arch>@<class>`) selects `arch` (default trm)."""
+    its `name` (`recursive_reasoning.<arch>@<class>`) selects `arch` (default trm).
+    ValueError when it lacks one of OFFICIAL_ARCH_KEYS."""
+    missing = [k for k in OFFICIAL_ARCH_KEYS if k not in model_cfg]
+    if missing:
+        raise ValueError(f"the official architecture config lacks {', '.join(missing)} (its keys: "
+                         f"{', '.join(sorted(map(str, model_cfg))) or 'none'}); give the arch "
+                         "section (config/arch/*.yaml, or `arch` of all_config.yaml)")
     loss = {"stablemax_cross_entropy": "stablemax", "softmax_cross_entropy": "softmax"}
     fields = {f for f in ModelConfig.__dataclass_fields__}
     kwargs = {k: v for k, v in model_cfg.items() if k in fields}
