@@ -1,1 +1,1 @@
-"""The scaling-study catalog (STUDY.md) as generated runs: `python -m sweeps --help`."""
+"""The scaling-study catalog as generated runs: `python -m sweeps --help`."""

@@ -1,4 +1,4 @@
-"""The scaling-study catalog (/work/shared/STUDY.md) as transformations of one baseline.
+"""The scaling-study catalog as transformations of one baseline.
 
 Every experiment is a named set of dotted-path overrides of `baseline()`; its group names the
 fields it may change (`Group.fields`) and the question it answers. Entries whose config equals
@@ -35,7 +35,7 @@ BASELINE: dict[str, Any] = {
     "data.data_dir": "data/sudoku-extreme-1k-aug-1000", "data.num_train": 1000,
     "data.num_aug": 1000,
 }
-"""STUDY.md's baseline, set explicitly on top of the preset (num_aug 1000 rather than the
+"""The study's baseline, set explicitly on top of the preset (num_aug 1000 rather than the
 preset's "default" pool, so that exp04b_1000 is the baseline and CPU-scale data agrees)."""
 
 
@@ -50,7 +50,7 @@ class Group:
     name: str
     title: str
     variable: str
-    """The variable in words, as STUDY.md's table names it."""
+    """The variable in words, as the study's table names it."""
     fields: tuple[str, ...]
     """Dotted config paths its entries may change relative to the baseline."""
     question: str
@@ -120,10 +120,10 @@ def _puzzles(n: int, _dir: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# STUDY.md's table
+# the study's table
 
 _add(Group("baseline", "Baseline", "-", (), "What does the reference recipe reach?"),
-     [("baseline", ())], lambda: "the STUDY.md baseline (sudoku-extreme preset, 1000 aug)")
+     [("baseline", ())], lambda: "the study's baseline (sudoku-extreme preset, 1000 aug)")
 _add(Group("exp01", "Model size", "hidden_size (heads)", ("model.hidden_size", "model.num_heads"),
            "How does accuracy scale with parameters, and where does it saturate?"),
      [(n, v) for n, v in _letters("exp01", [(256, 4), (384, 6), (512, 8), (768, 8), (1024, 8),

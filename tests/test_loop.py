@@ -206,6 +206,10 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("notice:") and "nothing to train" in err[0]
     assert saved_steps(tmp_path / "run") == [1, 2]
+    assert train_cli.main(args + ["--max-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("resuming: ") and line.endswith(" at step 2 of 3")
+               for line in out.splitlines())
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

@@ -108,10 +108,14 @@ def test_each_invalid_flag_is_named(flags):
 
 
 def test_unknown_preset_suggests_the_closest():
-    with pytest.raises(ConfigError, match="'sudoku-tinny': did you mean sudoku-tiny or"):
+    with pytest.raises(ConfigError, match="'sudoku-tinny'; did you mean sudoku-tiny or"):
         parse_cli(["sudoku-tinny"])
     with pytest.raises(ConfigError, match="did you mean maze-tiny or maze-hard"):
         parse_cli(["maze-tyni", "--no-track"])
+    with pytest.raises(ConfigError, match=r"'zzz'; presets: sudoku-extreme, "):
+        parse_cli(["zzz"])                                    # no suggestion, no dangling colon
+    with pytest.raises(ConfigError, match=r"the preset comes first: train.py sudoku-tiny \[flags"):
+        parse_cli(["--no-track", "sudoku-tiny"])
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)

@@ -144,7 +144,8 @@ def test_cli(checkpoint, tmp_path, capsys):
             (["--sudoku", QUESTION, "--solution", SOLUTION[:80] + "."],
              "Sudoku solution character '.' at position 80"),
             (["--maze", str(two_s)], "two_s.txt: maze must have exactly one start 'S'"),
-            (["--maze", str(no_g)], "no_g.txt: maze must have exactly one goal 'G'")):
+            (["--maze", str(no_g)], "no_g.txt: maze must have exactly one goal 'G'"),
+            (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one")):
         assert evaluate_cli.main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err

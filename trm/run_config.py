@@ -323,10 +323,13 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
     from trm.presets import PRESETS
 
     args = list(sys.argv[1:] if argv is None else argv)
+    later = [a for a in args[1:] if a in PRESETS]
+    if args and args[0].startswith("-") and later and not {"-h", "--help"} & set(args):
+        raise ConfigError(f"the preset comes first: train.py {later[0]} [flags]")
     if args and not args[0].startswith("-") and args[0] not in PRESETS:
         close = difflib.get_close_matches(args[0], PRESETS, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ConfigError(f"unknown preset {args[0]!r}: {hint}(presets: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset {args[0]!r}; {hint}presets: {', '.join(PRESETS)}")
     try:
         return tyro.extras.overridable_config_cli(PRESETS, args=args)
     except ConfigError as e:

@@ -83,9 +83,13 @@ def maze_puzzle(path: str | Path) -> Puzzle:
 def arc_puzzle(data_dir: str | Path, task_id: str, test_index: int) -> Puzzle:
     """Test input `test_index` of ARC task `task_id`, original frame, its copy-0 identifier."""
     from data.arc import identifier_starts
-    from data.pipeline import arc_pairs, task_ids
+    from data.pipeline import arc_pairs, load_metadata, task_ids
     from data.store import read_arc
 
+    kind = load_metadata(Path(data_dir), "test").name
+    if kind != "arc":
+        raise ValueError(f"{data_dir} is a {kind} data set: --arc-task needs an ARC one "
+                         "(give --data-dir)")
     pairs = arc_pairs(data_dir, "test")
     if task_id not in pairs:
         raise ValueError(f"{data_dir}: no test task {task_id!r} (e.g. "
