@@ -64,7 +64,10 @@ def _grid(where: str, value: Any) -> np.ndarray:
     return np.array(value, np.uint8)
 
 
-def _pairs(where: str, examples: Any, outputs: list[Any] | None) -> list[Pair]:
+def _pairs(where: str, examples: Any, outputs: list[Any] | None = None,
+           outputs_where: str = "") -> list[Pair]:
+    """(input, output) grids of `examples`; the outputs from `outputs` (the solutions file,
+    named `outputs_where` in errors) when given."""
     if not isinstance(examples, list):
         raise DataError(f"{where}: must be a list of examples")
     pairs = []
@@ -74,8 +77,8 @@ def _pairs(where: str, examples: Any, outputs: list[Any] | None) -> list[Pair]:
         out = ex.get("output") if outputs is None else outputs[i]
         if out is None:
             raise DataError(f"{where}[{i}]: example has no 'output'")
-        pairs.append((_grid(f"{where}[{i}].input", ex["input"]),
-                      _grid(f"{where}[{i}].output", out)))
+        out_where = f"{where}[{i}].output" if outputs is None else f"{outputs_where}[{i}]"
+        pairs.append((_grid(f"{where}[{i}].input", ex["input"]), _grid(out_where, out)))
     return pairs
 
 
@@ -95,15 +98,17 @@ def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
     for tid, task in challenges.items():
         where = f"{cpath}, task {tid}"
         if not isinstance(task, dict) or not isinstance(task.get("train"), list) \
-                or not isinstance(task.get("test"), list) or not task["train"]:
-            raise DataError(f"{where}: must have non-empty 'train' and a 'test' list")
+                or not isinstance(task.get("test"), list) or not task["train"] \
+                or not task["test"]:
+            raise DataError(f"{where}: must have non-empty 'train' and 'test' lists")
         sols = solutions.get(tid)
         if not isinstance(sols, list) or len(sols) != len(task["test"]):
             got = "none" if sols is None else (len(sols) if isinstance(sols, list) else "bad")
             raise DataError(f"{spath}, task {tid}: expected {len(task['test'])} solution "
                             f"grids, got {got}")
-        tasks.append(ArcTask(tid, subset, _pairs(f"{where}, train", task["train"], None),
-                             _pairs(f"{where}, test", task["test"], sols)))
+        tasks.append(ArcTask(tid, subset, _pairs(f"{where}, train", task["train"]),
+                             _pairs(f"{where}, test", task["test"], sols,
+                                    f"{spath}, task {tid}, solution")))
     return tasks
 
 
@@ -111,6 +116,9 @@ def read_arc(arc_dir: Path, subsets: list[str] | tuple[str, ...]) -> list[ArcTas
     """Tasks of several subsets, in subset then file order; task ids must be unique."""
     if not subsets:
         raise DataError("no ARC subsets given")
+    repeated = sorted({s for s in subsets if list(subsets).count(s) > 1})
+    if repeated:
+        raise DataError(f"ARC subset {repeated[0]!r} given more than once")
     tasks: list[ArcTask] = []
     owner: dict[str, str] = {}
     for subset in subsets:

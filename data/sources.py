@@ -45,6 +45,8 @@ def _csv_chunks(path: Path) -> Iterator[tuple[list[str], list[str], list[int], l
 
 def _rows(path: Path, reader: Any) -> Iterator[tuple[list[str], list[str], list[int], list[int]]]:
     header = next(reader, None)
+    if header is None:
+        raise DataError(f"{path}: empty file (expected the header {','.join(HEADER)} and rows)")
     if header != HEADER:
         raise DataError(f"{path}, line 1: header must be {','.join(HEADER)}, got {header}")
     qs: list[str] = []

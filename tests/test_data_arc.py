@@ -121,6 +121,7 @@ GOOD = {"train": [{"input": [[1, 2]], "output": [[3]]}],
     ({**GOOD, "train": [{"input": [], "output": [[3]]}]}, "non-empty list of rows"),
     ({**GOOD, "train": [{"input": [[1]]}]}, "train\\[0\\]: example has no 'output'"),
     ({"train": [], "test": []}, "must have non-empty 'train'"),
+    ({**GOOD, "test": []}, "must have non-empty 'train' and 'test' lists"),
 ])
 def test_bad_tasks(tmp_path, task, message):
     _one_task(tmp_path, task)
@@ -134,8 +135,8 @@ def test_bad_solutions_and_subsets(tmp_path):
     with pytest.raises(DataError, match="task t1: expected 1 solution grids, got 0"):
         arc.read_subset(tmp_path, "training")
     _one_task(tmp_path, GOOD, solutions={"t1": [[[1, 11]]]})
-    with pytest.raises(DataError, match="task t1, test\\[0\\].output: colour 11"):
-        arc.read_subset(tmp_path, "training")
+    with pytest.raises(DataError, match="solutions.json, task t1, solution\\[0\\]: colour 11"):
+        arc.read_subset(tmp_path, "training")                  # named in the file it is in
     (tmp_path / "arc-agi_training_solutions.json").unlink()
     with pytest.raises(DataError, match="solutions file not found"):
         arc.read_subset(tmp_path, "training")
@@ -155,6 +156,8 @@ def test_build_arc_rejects_bad_requests_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError, match="task a appears in both subsets 'training' and 'eval"):
         build.build_arc(tmp_path / "raw", ["training", "evaluation"], "evaluation", out)
+    with pytest.raises(DataError, match="ARC subset 'training' given more than once"):
+        build.build_arc(tmp_path / "raw", ["training", "training"], "training", out)
     with pytest.raises(DataError, match="test subset 'concept' is not among"):
         build.build_arc(tmp_path / "raw", ["training"], "concept", out)
     with pytest.raises(DataError, match="unknown ARC subset 'evaluation3'"):

@@ -74,6 +74,9 @@ def test_bad_files(tmp_path):
     (tmp_path / "h.csv").write_text("q,a\n")
     with pytest.raises(DataError, match="line 1: header must be"):
         sources.read_maze_csv(tmp_path / "h.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv: empty file"):
+        sources.read_maze_csv(tmp_path / "empty.csv")
     with pytest.raises(DataError, match="no puzzle rows"):
         sources.read_sudoku_csv(write_csv(tmp_path / "e.csv", []))
     with pytest.raises(DataError, match="no row has rating >= 9"):
