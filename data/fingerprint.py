@@ -75,7 +75,8 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
 
     Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
     weights on a locally built ARC set); raises DataError on a mismatch otherwise, naming
-    `flag` (the option that sets allow_mismatch). `trained` None: a checkpoint written before
+    `flag` (the option that sets allow_mismatch), and always when the model cannot read the
+    data set (vocab_size or seq_len differ, or the data set has more puzzle identifiers). `trained` None: a checkpoint written before
     fingerprints (or official weights).
     """
     data = read(data_dir)
@@ -96,6 +97,12 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
     if not diffs:
         return []
     what = f"{data_dir} differs from the checkpoint's training data ({'; '.join(diffs)})"
+    unreadable = [k for k in ("vocab_size", "seq_len") if trained.get(k) != data.get(k)]
+    if data.get("num_puzzle_identifiers", 0) > trained.get("num_puzzle_identifiers", 0):
+        unreadable.append("num_puzzle_identifiers")  # more than the model's embedding has
+    if unreadable:  # no flag helps: the model's input or embedding shapes do not fit
+        raise DataError(f"{what}: the model cannot read it ({', '.join(unreadable)}); give "
+                        "the data set it was trained on")
     if allow_mismatch:
         return [f"{what}; proceeding ({flag})"]
     raise DataError(f"{what}: rebuild it as the training set was built, or pass {flag}")

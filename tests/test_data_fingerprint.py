@@ -96,6 +96,18 @@ def test_evaluate_and_solve_refuse_another_data_set_unless_allowed(arc_sets, che
     assert error.startswith("error: ") and "no test task 'nope'" in error
 
 
+def test_a_data_set_the_model_cannot_read_is_refused_without_the_flag_hint(arc_sets, tmp_path):
+    a = fingerprint.read(arc_sets["A"])
+    sudoku = built_sudoku(tmp_path, n_train=4, n_test=2)
+    for allow in (False, True):
+        with pytest.raises(DataError, match=r"the model cannot read it \(vocab_size, seq_len\); "
+                                            "give the data set it was trained on$"):
+            fingerprint.check(a, sudoku, allow_mismatch=allow)
+    fewer = {**a, "num_puzzle_identifiers": a["num_puzzle_identifiers"] - 1}
+    with pytest.raises(DataError, match=r"cannot read it \(num_puzzle_identifiers\)"):
+        fingerprint.check(fewer, arc_sets["A"], allow_mismatch=True)
+
+
 def test_resume_refuses_another_data_set(arc_sets, checkpoint_on_a):
     root = checkpoint_on_a.parent
     with pytest.raises(DataError, match="num_aug: checkpoint 2, data set 1.*pass "

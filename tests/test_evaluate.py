@@ -329,6 +329,16 @@ def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, 
     assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(taken.iterdir())
 
 
+def test_aim_run_in_a_missing_repository_creates_nothing(checkpoint, tmp_path, capsys):
+    repo = tmp_path / "no_aim"
+    args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",
+            str(tmp_path / "res.json"), "--aim-run", "deadbeef", "--aim-repo", str(repo)]
+    assert evaluate_cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"error: no Aim repository at {repo} "
+                                               "(for run deadbeef)")
+    assert not repo.exists()
+
+
 def test_a_missing_training_data_set_is_one_error(sudoku_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(sudoku_dir, data)

@@ -239,6 +239,14 @@ def test_resume_skips_a_damaged_latest_checkpoint(tmp_path, data_dir, two_step_r
     assert len(err) == 1 and err[0].startswith("error: no usable checkpoint in")
 
 
+def test_a_run_stopped_by_a_missing_data_set_leaves_no_directories(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "a"
+    assert train_cli.main(["sudoku-extreme", "--no-track", "--data.data-dir",
+                           str(tmp_path / "nodata"), "--run-dir", str(run_dir)]) == 2
+    assert "not a built data set" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_run_dir_is_one_error_line(tmp_path, data_dir, two_step_run, capsys):
     args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "4")
     (tmp_path / "ro").mkdir()

@@ -6,6 +6,7 @@ Shared by `train.py` (`trm.loop.train`), `evaluate.py` and the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -69,8 +70,13 @@ def check_batches(cfg: RunConfig, devices: int) -> None:
 
 
 def check_writable(directory: str) -> None:
-    """Create `directory` and write and remove a probe file in it; RunFailed if that fails."""
+    """Write and remove a probe file in `directory`; RunFailed if that fails. Directories it
+    had to create for the probe are removed again (a run that stops on a later check leaves
+    nothing behind; the checkpointer creates them when it starts)."""
     d = as_path(directory)
+    created = [] if is_url(directory) else [
+        p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
+        if not p.exists()]
     probe = d / f".trm-write-probe-{jax.process_index()}"
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -78,14 +84,21 @@ def check_writable(directory: str) -> None:
         probe.unlink()
     except OSError as e:
         raise RunFailed(f"cannot write to {directory}: {short_reason(e)}") from None
+    finally:
+        for p in created:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def check_free_space(directory: str, checkpoint_bytes: int) -> None:
-    """RunFailed unless a local `directory` has room for two checkpoints (the one being
-    written next to those kept). Remote paths (gs://...) are not checked."""
+    """RunFailed unless a local `directory` (or, not yet created, its nearest existing parent)
+    has room for two checkpoints (the one being written next to those kept). Remote paths
+    (gs://...) are not checked."""
     if is_url(directory):
         return
-    free, need = shutil.disk_usage(directory).free, 2 * checkpoint_bytes
+    where = next(p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
+                 if p.exists())
+    free, need = shutil.disk_usage(where).free, 2 * checkpoint_bytes
     if free < need:
         raise RunFailed(f"{directory}: {free / 2**20:.1f} MiB free, checkpoints of this run "
                         f"need about {need / 2**20:.1f} MiB (two of "

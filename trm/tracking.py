@@ -15,6 +15,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,9 +37,13 @@ def run_name(cfg: TrackingConfig) -> str:
 
 def open_aim_run(repo: str, **kwargs: Any) -> Any:
     """A new `aim.Run` in `repo` (a directory or `aim://host:port`), or an existing one with
-    `run_hash=`. An unreachable server is a ValueError naming it."""
+    `run_hash=`. An unreachable server, or no repository at `repo` for `run_hash=`, is a
+    ValueError naming it."""
     import aim  # imported lazily: a disabled tracker never loads Aim
 
+    if ("run_hash" in kwargs and not repo.startswith("aim://")
+            and not Path(repo, ".aim").is_dir()):  # aim.Run would create an empty repository
+        raise ValueError(f"no Aim repository at {repo} (for run {kwargs['run_hash']})")
     try:
         return aim.Run(repo=repo, system_tracking_interval=None, capture_terminal_logs=False,
                        **kwargs)
