@@ -136,7 +136,8 @@ def _run(args: argparse.Namespace) -> None:
     runs = plan(select(args.patterns), _settings(args))
     if args.dry_run:
         for r in runs:
-            state = "finished" if r.finished() else "to run"
+            state = ("to run" if not r.finished() else
+                     "stale" if r.stale() else "finished")  # stale: another command line
             print(f"{r.name:<22} {state:<9} {r.shown}")
         return
     t0 = time.monotonic()

@@ -186,8 +186,10 @@ def analyze(entries: Sequence[Experiment], settings: Settings, out: str | Path, 
     missing = list(dict.fromkeys(r.run for r in rows if not r.found))
     where = f"{settings.repo}" + (f" (experiment {experiment})" if experiment else "")
     if not any(r.found for r in rows):
+        other = "--scale cpu" if settings.scale is None else "no --scale (the study's)"
         raise ValueError(f"none of the {len(missing)} runs is in the Aim repository {where}: "
-                         f"{', '.join(missing)}")
+                         f"{', '.join(missing)}; if they ran with other settings, give the "
+                         f"same ones (e.g. {other}, --steps)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     section, files = write_tables(rows, out, target)

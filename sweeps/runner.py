@@ -254,8 +254,9 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
         if r.finished() and not force:
             outcomes.append(Outcome(r, "stale" if r.stale() else "skipped",
                                     detail=f"{r.marker} exists"))
-            say(f"[{r.name}] {'finished with another command line' if r.stale() else 'finished'}"
-                f", skipped ({r.marker})")
+            say(f"[{r.name}] " + (f"finished with another command line, skipped ({r.marker}; "
+                                  "--force reruns it)" if r.stale() else
+                                  f"finished, skipped ({r.marker})"))
         else:
             todo.append(r)
     if todo:

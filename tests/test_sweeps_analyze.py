@@ -111,7 +111,7 @@ def test_analyze_writes_tables_and_plots(study, tmp_path):
 
 def test_analyze_says_what_is_missing(study, tmp_path):
     _, settings = study
-    with pytest.raises(ValueError, match="none of the 3 runs.*exp10a"):
+    with pytest.raises(ValueError, match="none of the 3 runs.*exp10a.*e.g. --scale cpu"):
         analyze(select("exp10a,exp10c,exp10d"), settings, tmp_path, experiment="trm-study")
     with pytest.raises(FileNotFoundError, match="no Aim repository"):
         analyze(select("exp05"), Settings(repo=str(tmp_path / "nowhere")), tmp_path,

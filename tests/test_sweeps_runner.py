@@ -61,6 +61,9 @@ def test_run_all_keeps_going_after_a_failure_and_skips_finished_runs(tmp_path, f
 
     (tmp_path / "runs/exp05_a/DONE").write_text("train.py something else\n")
     assert runs[0].stale()
+    said.clear()
+    assert run_all(runs[:1], poll_s=0.05, say=said.append)[0].status == "stale"
+    assert "finished with another command line" in said[0] and "--force reruns it" in said[0]
     forced = run_all(runs[:1], force=True, poll_s=0.05, say=said.append)
     assert forced[0].status == "done" and not runs[0].stale()
 
