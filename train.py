@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     from trm.run_config import parse_cli
 
     def run(args: list[str]) -> None:
+        import jax
+
         result = train(parse_cli(args))
+        if jax.process_index() != 0:  # process 0 alone prints
+            return
         for split, metrics in result.eval_metrics.items():
             shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
             print(f"eval {split} @ step {result.steps}: {shown}")

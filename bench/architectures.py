@@ -18,6 +18,7 @@ import math
 import jax
 from train_step import bench
 
+from trm.cli import positive_int
 from trm.models import build_model, network_filter
 from trm.presets import PRESETS
 
@@ -34,8 +35,8 @@ def network_parameters(config) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--presets", nargs="+", default=list(DEFAULT), choices=sorted(PRESETS))
     args = parser.parse_args()

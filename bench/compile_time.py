@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from trm.cli import positive_int
 from trm.config import ModelConfig
 from trm.loss import step_loss
 from trm.models import build_model, network_filter
@@ -41,9 +42,9 @@ def compile_seconds(config: ModelConfig, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--l-cycles", type=int, nargs="+", default=[2, 6, 12])
+    parser.add_argument("--hidden", type=positive_int, default=512)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--l-cycles", type=positive_int, nargs="+", default=[2, 6, 12])
     args = parser.parse_args()
     print(f"backend={jax.default_backend()} hidden={args.hidden} batch={args.batch}")
     for mlp_t in (False, True):

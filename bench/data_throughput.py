@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build, generate, pipeline
-
+from trm.cli import positive_int
 
 
 def du(path: Path) -> int:
@@ -51,11 +51,11 @@ def main() -> None:
     p.add_argument("--arc-dir", type=Path, required=True,
                    help="folder with arc-agi_{training,evaluation,concept}_{challenges,"
                         "solutions}.json (e.g. TRM's kaggle/combined)")
-    p.add_argument("--batch", type=int, default=768)
-    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--batch", type=positive_int, default=768)
+    p.add_argument("--batches", type=positive_int, default=30)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--sudoku-count", type=int, default=2000)
-    p.add_argument("--maze-count", type=int, default=1000)
+    p.add_argument("--sudoku-count", type=positive_int, default=2000)
+    p.add_argument("--maze-count", type=positive_int, default=1000)
     args = p.parse_args()
     print(f"{os.cpu_count()} CPU cores")
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,7 @@ from train_step import (
     split_host,
 )
 
+from trm.cli import positive_int
 from trm.config import ModelConfig
 from trm.eval_run import evaluate_stream
 from trm.models import build_model
@@ -55,10 +56,10 @@ def bench(config: ModelConfig, batch: int, batches: int, devices: int | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=3, help="timed batches")
-    parser.add_argument("--steps", type=int, default=16, help="halt_max_steps")
+    parser.add_argument("--hidden", type=positive_int, default=512)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--batches", type=positive_int, default=3, help="timed batches")
+    parser.add_argument("--steps", type=positive_int, default=16, help="halt_max_steps")
     parser.add_argument("--variant", nargs="+", default=["mlp_t", "attention"],
                         choices=["mlp_t", "attention"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -21,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from trm.cli import positive_int
 from trm.models.layers import einsum, swiglu_intermediate_size
 
 
@@ -36,8 +37,8 @@ def rate(fn, args: tuple[jax.Array, ...], flops: float, seconds: float) -> float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=1552)
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--rows", type=positive_int, default=1552)
+    p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--seconds", type=float, default=2.0, help="timing per product")
     p.add_argument("--start", type=float, default=None,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trm.cli import positive_int
 from trm.config import ModelConfig
 from trm.models import build_model
 from trm.models.layers import swiglu_intermediate_size
@@ -129,9 +130,9 @@ def split_host(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128, 512])
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=10)
     add_device_flags(parser)
     parser.add_argument("--dtype", nargs="+", default=["float32"],
                         choices=["float32", "bfloat16"])

@@ -23,7 +23,7 @@ def test_every_preset_parses_to_itself(name):
 
 def test_overrides_round_trip():
     cfg = parse_cli(["sudoku-tiny", "--model.hidden-size", "128", "--optim.lr", "3e-4",
-                     "--no-track", "--eval.eval-sets", "test", "val", "--optim.no-ema",
+                     "--no-track", "--eval.eval-sets", "test", "train", "--optim.no-ema",
                      "--checkpoint.keep-best-metric", "test/exact_accuracy",
                      "--model.pos-encodings", "learned", "--max-steps", "7"])
     base = PRESETS["sudoku-tiny"][1]
@@ -31,7 +31,7 @@ def test_overrides_round_trip():
         base, max_steps=7,
         model=dataclasses.replace(base.model, hidden_size=128, pos_encodings="learned"),
         optim=dataclasses.replace(base.optim, lr=3e-4, ema=False),
-        eval=dataclasses.replace(base.eval, eval_sets=("test", "val")),
+        eval=dataclasses.replace(base.eval, eval_sets=("test", "train")),
         checkpoint=dataclasses.replace(base.checkpoint, keep_best_metric="test/exact_accuracy"),
         tracking=dataclasses.replace(base.tracking, track=False))
     assert cfg == expected
@@ -93,6 +93,9 @@ def test_cli_reports_invalid_values():
     ["--eval.eval-interval", "0"], ["--eval.eval-interval", "3"], ["--eval.batch-size", "0"],
     ["--eval.min-eval-interval", "-1"], ["--eval.average-last-k", "0"],
     ["--eval.average-last-k", "3"],  # > keep_last 2
+    ["--eval.eval-sets", "val"], ["--checkpoint.keep-best-metric", "exact_accuracy"],
+    ["--mesh.num-processes", "2"],  # without --mesh.distributed: it was ignored
+    ["--checkpoint.keep-best-metric", "train/exact_accuracy"],  # train is not evaluated
     ["--checkpoint.every-n-steps", "0"], ["--checkpoint.keep-last", "0"],
     ["--mesh.data", "0"], ["--mesh.data", "-2"],
     ["--data.num-train", "0"], ["--data.num-test", "0"], ["--data.num-aug", "-1"],

@@ -40,8 +40,8 @@ def test_changed_and_wrong_cells_of_the_panels(tmp_path):
     step2 = q.labels.copy()                   # fixed at step 2
     panels = strip_panels("sudoku", q.inputs, np.stack([step1, step2]),
                           np.array([-3.0, 2.0]), q.labels)
-    assert [p.title for p in panels] == ["input", "step 1  q=0.05 ✗", "step 2  q=0.88 ✓",
-                                         "target"]
+    assert [p.title for p in panels] == ["input", "step 1  P(halt) 0.05 ✗",
+                                         "step 2  P(halt) 0.88 ✓", "target"]
     blanks = cells("sudoku", q.inputs) == 0
     np.testing.assert_array_equal(panels[1].changed, blanks)     # filled in at step 1
     assert panels[1].wrong.sum() == 1 and panels[1].wrong[0, 0]
@@ -145,7 +145,8 @@ def test_cli(checkpoint, tmp_path, capsys):
              "Sudoku solution character '.' at position 80"),
             (["--maze", str(two_s)], "two_s.txt: maze must have exactly one start 'S'"),
             (["--maze", str(no_g)], "no_g.txt: maze must have exactly one goal 'G'"),
-            (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one")):
+            (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one"),
+            (["--sudoku", QUESTION, "--out", str(tmp_path)], "is a directory; give a file")):
         assert evaluate_cli.main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err

@@ -228,6 +228,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
             create=True,
+            cleanup_tmp_directories=True,  # a save cut short (full disk, kill) leaves one
             # an unwritable directory then fails in `save` itself: created in a background
             # thread, its failure left the next save waiting for a signal for minutes
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))

@@ -23,6 +23,19 @@ def warn(lines: list[str]) -> None:
             print(f"warning: {line}", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    """argparse `type=` for counts and sizes: an int >= 1 (argparse prints its error)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a non-finite loss): one line, exit status 1."""
 

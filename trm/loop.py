@@ -52,7 +52,7 @@ from trm.preflight import (
 from trm.progress import Reporter
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
-from trm.tracking import Tracker
+from trm.tracking import Tracker, check_repo
 from trm.train_step import (
     TrainState,
     batch_sharding,
@@ -225,6 +225,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
         print(f"devices: the CPU split into {split} XLA devices (--mesh.cpu-devices, --mesh.data)")
     check_batches(cfg, mesh.devices.size)
+    if cfg.tracking.track:
+        check_repo(cfg.tracking.repo)
     for directory in dict.fromkeys((cfg.run_dir, cfg.checkpoint_dir)):
         check_writable(directory)
     data_dir = prepare_data(cfg, progress=progress)
@@ -249,7 +251,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     # built under jit straight into its global shardings (works across hosts)
     shapes = eqx.filter_eval_shape(make_state)
     check_free_space(cfg.checkpoint_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-        shapes) if isinstance(x, jax.ShapeDtypeStruct)))
+        shapes) if isinstance(x, jax.ShapeDtypeStruct)),
+        kept=cfg.checkpoint.keep_last + (cfg.checkpoint.keep_best_metric is not None))
     shardings = state_shardings(shapes, mesh)
     state = jax.jit(make_state, out_shardings=shardings)()
     data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,

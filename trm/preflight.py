@@ -54,10 +54,16 @@ def initialize_distributed(m: MeshConfig) -> None:
         return
     local = m.coordinator_address is not None and m.coordinator_address.startswith(
         ("127.0.0.1:", "localhost:"))
-    jax.distributed.initialize(coordinator_address=m.coordinator_address,
-                               num_processes=m.num_processes, process_id=m.process_id,
-                               # a coordinator on this machine listens on loopback only
-                               coordinator_bind_address=m.coordinator_address if local else None)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=m.coordinator_address, num_processes=m.num_processes,
+            process_id=m.process_id,
+            # a coordinator on this machine listens on loopback only
+            coordinator_bind_address=m.coordinator_address if local else None)
+    except ValueError as e:  # no cluster detected and a setting missing
+        raise ConfigError(f"--mesh.distributed: {e} No cluster (TPU pod, SLURM, ...) was "
+                          "detected: give --mesh.coordinator-address, --mesh.num-processes and "
+                          "--mesh.process-id") from None
 
 
 def check_batches(cfg: RunConfig, devices: int) -> None:
@@ -90,19 +96,24 @@ def check_writable(directory: str) -> None:
                 p.rmdir()
 
 
-def check_free_space(directory: str, checkpoint_bytes: int) -> None:
+def check_free_space(directory: str, checkpoint_bytes: int, kept: int) -> None:
     """RunFailed unless a local `directory` (or, not yet created, its nearest existing parent)
-    has room for two checkpoints (the one being written next to those kept). Remote paths
-    (gs://...) are not checked."""
+    has room for the checkpoints of a run at its peak: the `kept` ones retention keeps plus
+    the one being written, less those already there. Remote paths (gs://...) are not
+    checked."""
     if is_url(directory):
         return
     where = next(p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
                  if p.exists())
-    free, need = shutil.disk_usage(where).free, 2 * checkpoint_bytes
+    have = sum(f.stat().st_size for f in where.rglob("*") if f.is_file()) if (
+        where == Path(directory).absolute()) else 0
+    free = shutil.disk_usage(where).free
+    need = (kept + 1) * checkpoint_bytes - have
     if free < need:
         raise RunFailed(f"{directory}: {free / 2**20:.1f} MiB free, checkpoints of this run "
-                        f"need about {need / 2**20:.1f} MiB (two of "
-                        f"{checkpoint_bytes / 2**20:.1f} MiB)")
+                        f"need about {need / 2**20:.1f} MiB more ({kept} kept + 1 being "
+                        f"written, {checkpoint_bytes / 2**20:.1f} MiB each"
+                        + (f", {have / 2**20:.1f} MiB there now)" if have else ")"))
 
 
 def prepare_data(cfg: RunConfig, *, progress: bool = True) -> Path:

@@ -94,8 +94,8 @@ def strip_panels(kind: Kind, inputs: Integer[np.ndarray, " s"],
         wrong = None if target is None or target.shape != grid.shape else grid != target
         mark = "" if target is None else (" ✓" if wrong is not None and not wrong.any() else " ✗")
         conf = 1.0 / (1.0 + math.exp(-float(q)))
-        panels.append(Panel(f"step {k}  q={conf:.2f}{mark}", grid, changed_cells(grid, before),
-                            wrong))
+        panels.append(Panel(f"step {k}  P(halt) {conf:.2f}{mark}", grid,
+                            changed_cells(grid, before), wrong))
         before = grid
     if target is not None:
         panels.append(Panel("target", target))

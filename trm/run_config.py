@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from data.store import SPLITS
 from trm.config import ConfigError, ModelConfig, flag_error, require
 from trm.curriculum import validate_phases
 
@@ -95,6 +96,9 @@ class EvalConfig:
         _at_least(self, "min_eval_interval", 0)
         _at_least(self, "batch_size", 1)
         _at_least(self, "average_last_k", 1)
+        unknown = [s for s in self.eval_sets if s not in SPLITS]
+        require(not unknown, self, "eval_sets",
+                f"{' '.join(unknown)}: not a split of a data set ({', '.join(SPLITS)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +170,9 @@ class MeshConfig:
         if self.num_processes is not None and self.process_id is not None:
             require(self.process_id < self.num_processes, self, "process_id",
                     f"{self.process_id} must be < num_processes {self.num_processes}")
+        for name in ("coordinator_address", "num_processes", "process_id"):
+            require(self.distributed or getattr(self, name) is None, self, name,
+                    "needs --mesh.distributed (a multi-host run)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +289,10 @@ class RunConfig:
                     f"{e.eval_interval} must divide epochs {o.epochs}")
         require(e.average_last_k <= self.checkpoint.keep_last, self, "eval.average_last_k",
                 f"{e.average_last_k} needs checkpoint.keep_last >= it")
+        best = self.checkpoint.keep_best_metric
+        require(best is None or best.partition("/")[0] in e.eval_sets and "/" in best, self,
+                "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
+                f"evaluated set ({', '.join(e.eval_sets)}), e.g. test/exact_accuracy")
         _at_least(self, "max_steps", 1)
 
     @property

@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float, Int
 
 from data import validate
 from data.augment import encode_grid
-from data.common import IGNORE_LABEL_ID, MAZE_CHARSET
+from data.common import IGNORE_LABEL_ID, MAZE_CHARSET, check_output_file
 from trm.eval_source import ModelSource, check_data, load_model
 from trm.evaluation import rollout
 from trm.models import ACTModel
@@ -188,7 +188,7 @@ class SolveArgs(ModelSource):
 def run_solve(args: SolveArgs) -> Trace:
     if sum(x is not None for x in (args.sudoku, args.maze, args.arc_task)) != 1:
         raise ValueError("give exactly one puzzle: --sudoku, --maze or --arc-task")
-    # the puzzle is checked before the (slow) model load
+    check_output_file(args.out)  # the output and the puzzle are checked before the model load
     puzzle = (sudoku_puzzle(args.sudoku, args.solution) if args.sudoku is not None else
               maze_puzzle(args.maze) if args.maze is not None else None)
     meta = None

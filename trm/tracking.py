@@ -35,12 +35,23 @@ def run_name(cfg: TrackingConfig) -> str:
     return cfg.run_name or f"{cfg.experiment or 'trm'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
+def check_repo(repo: str) -> None:
+    """ValueError when the local Aim repository path `repo` cannot hold one (it, or its .aim,
+    is a file); checked before a run starts."""
+    if repo.startswith("aim://"):
+        return
+    for path in (Path(repo), Path(repo, ".aim")):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--tracking.repo {repo}: {path} is a file, not a directory")
+
+
 def open_aim_run(repo: str, **kwargs: Any) -> Any:
     """A new `aim.Run` in `repo` (a directory or `aim://host:port`), or an existing one with
     `run_hash=`. An unreachable server, or no repository at `repo` for `run_hash=`, is a
     ValueError naming it."""
     import aim  # imported lazily: a disabled tracker never loads Aim
 
+    check_repo(repo)
     if ("run_hash" in kwargs and not repo.startswith("aim://")
             and not Path(repo, ".aim").is_dir()):  # aim.Run would create an empty repository
         raise ValueError(f"no Aim repository at {repo} (for run {kwargs['run_hash']})")
