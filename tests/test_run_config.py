@@ -110,6 +110,15 @@ def test_each_invalid_flag_is_named(flags):
     assert str(e.value).startswith(flags[0] + " ") and "\n" not in str(e.value)
 
 
+def test_an_error_names_the_other_fields_it_mentions_as_flags():
+    with pytest.raises(ConfigError, match="^--model.num-heads 4 must divide "
+                                          "--model.hidden-size 63 "):
+        parse_cli(["sudoku-tiny", "--model.hidden-size", "63"])
+    with pytest.raises(ConfigError, match="^--halting.exploration-start and "
+                                          "--halting.exploration-end must be given together$"):
+        parse_cli(["sudoku-tiny", "--halting.exploration-start", "0.5"])
+
+
 def test_unknown_preset_suggests_the_closest():
     with pytest.raises(ConfigError, match="'sudoku-tinny'; did you mean sudoku-tiny or"):
         parse_cli(["sudoku-tinny"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Literal
 
 PosEncoding = Literal["rope", "learned", "none"]
@@ -57,7 +58,11 @@ def flag_error(error: ConfigError, sections: dict[type, str]) -> ConfigError:
     if error.field is None or error.owner not in sections:
         return error
     prefix = sections[error.owner]
-    return ConfigError(f"{flag_name(prefix + error.field)} {error.detail}")
+    detail = error.detail
+    for f in dataclasses.fields(error.owner):  # other fields the detail names, as flags too
+        if "_" in f.name:  # snake_case: a field name, not a word of the sentence
+            detail = re.sub(rf"(?<![\w.-]){f.name}(?!\w)", flag_name(prefix + f.name), detail)
+    return ConfigError(f"{flag_name(prefix + error.field)} {detail}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -295,6 +295,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
         for step in range(start + 1, last_step + 1):
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
             if phase_cfg != phase_now:
+                if progress and jax.process_index() == 0:
+                    tqdm.write(f"compiling the train step (H_cycles {phase_cfg.H_cycles}, "
+                               f"L_cycles {phase_cfg.L_cycles}) for step {step}")
                 state, step_fn = compile_phase(phase_cfg, state)
                 phase_now = phase_cfg
             batch = to_global(next(data_iter), mesh)
