@@ -77,10 +77,11 @@ def check_batches(cfg: RunConfig, devices: int) -> None:
 
 def check_writable(directory: str) -> None:
     """Write and remove a probe file in `directory`; RunFailed if that fails. Directories it
-    had to create for the probe are removed again (a run that stops on a later check leaves
-    nothing behind; the checkpointer creates them when it starts)."""
+    had to create for the probe are removed again in a single-process run (a run that stops
+    on a later check leaves nothing behind; the checkpointer creates them when it starts)."""
     d = as_path(directory)
-    created = [] if is_url(directory) else [
+    # several hosts probe one shared directory at once: only a single process tidies up
+    created = [] if is_url(directory) or jax.process_count() > 1 else [
         p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
         if not p.exists()]
     probe = d / f".trm-write-probe-{jax.process_index()}"
