@@ -107,7 +107,8 @@ def test_evaluation_on_two_processes_matches_one(kind, tmp_path):
     multi = two_processes("evaluate.py", [*common, "--out", str(tmp_path / "multi/res.json")])
     single = one_process("evaluate.py", [*common, "--out", str(tmp_path / "single/res.json")])
     printed = [_summary(out) for out in (*multi, single)]
-    assert printed[0] == printed[2] and "exact" in printed[0] and printed[1] == ""
+    assert printed[0] == printed[2] and "exact" in printed[0]
+    assert printed[1] == "", repr(multi[1])  # raw: once (1 of ~30 runs) it held a stray "3)"
     files = {d: sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("multi", "single")}
     expected = ["res.json", "res_per_step.png"] + (["res_submission.json"] if kind == "arc"
                                                    else [])
