@@ -32,7 +32,7 @@ class DataError(Exception):
     """Bad input or a bad request; the message names the file, row/task and the problem."""
 
 
-def count_rejections(in_a_row: int, accepted: int, tried: int, *, limit: int,
+def count_rejections(in_a_row: int, accepted: int | bool, tried: int, *, limit: int,
                      request: str) -> int:
     """Rejected candidates in a row of a rejection sampler after one more batch of `tried`
     candidates of which `accepted` were kept. Raises DataError naming `request` (the filter,

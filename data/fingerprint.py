@@ -76,8 +76,8 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
     Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
     weights on a locally built ARC set); raises DataError on a mismatch otherwise, naming
     `flag` (the option that sets allow_mismatch), and always when the model cannot read the
-    data set (vocab_size or seq_len differ, or the data set has more puzzle identifiers). `trained` None: a checkpoint written before
-    fingerprints (or official weights).
+    data set (vocab_size or seq_len differ, or the data set has more puzzle identifiers).
+    `trained` None: a checkpoint written before fingerprints (or official weights).
     """
     data = read(data_dir)
     kind = read_metadata_json(Path(data_dir)).get("name")

@@ -130,6 +130,7 @@ def generate_mazes(count: int, *, size: int = 30, min_path_length: int | None = 
         raise ValueError(f"min_path_length {min_len} is impossible on a {size}x{size} grid")
     rng = np.random.default_rng(seed)
     qs, ans, lengths = [], [], []
+    request = f"--min-path-length {min_len}{'' if unique_path else ' --allow-ties'} at --size {size}"
     with tqdm(total=count, desc=f"mazes {size}x{size}", disable=not progress) as bar:
         rejected = 0
         while len(qs) < count:
@@ -138,10 +139,8 @@ def generate_mazes(count: int, *, size: int = 30, min_path_length: int | None = 
             ok = (dist >= max(min_len, 1)) & ((paths == 1) | (not unique_path))
             keys = np.where(ok, rng.random(ok.shape), -1.0).reshape(len(ok), -1)
             accepted = np.flatnonzero(ok.reshape(len(ok), -1).any(1))
-            rejected = count_rejections(
-                rejected, len(accepted), _BATCH, limit=MAX_REJECTED_MAZES,
-                request=f"--min-path-length {min_len}{'' if unique_path else ' --allow-ties'} "
-                        f"at --size {size}")
+            rejected = count_rejections(rejected, len(accepted), _BATCH,
+                                        limit=MAX_REJECTED_MAZES, request=request)
             for k in accepted[: count - len(qs)]:
                 g = np.unravel_index(int(np.argmax(keys[k])), (size, size))
                 q = np.where(free[k], FREE, WALL)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -332,12 +333,14 @@ def test_free_space_counts_every_kept_checkpoint_and_those_there(tmp_path, monke
     checkpoint directory already holds counts towards it."""
     mib = 2**20
     monkeypatch.setattr(preflight.shutil, "disk_usage",
-                        lambda _: shutil._ntuple_diskusage(100 * mib, 0, int(2.5 * mib)))
+                        lambda _: SimpleNamespace(free=int(2.5 * mib)))
     with pytest.raises(preflight.RunFailed, match=r"2.5 MiB free, checkpoints of this run need "
                                                   r"about 3.0 MiB more \(2 kept \+ 1 being "):
         preflight.check_free_space(str(tmp_path / "new"), mib, kept=2)
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "old").write_bytes(b"x" * mib)
+    (tmp_path / "ckpt" / "7").mkdir(parents=True)
+    (tmp_path / "ckpt" / "7" / "model").write_bytes(b"x" * mib)          # a saved step
+    (tmp_path / "ckpt" / "unusable").mkdir()
+    (tmp_path / "ckpt" / "unusable" / "model").write_bytes(b"x" * mib)   # kept aside: no help
     preflight.check_free_space(str(tmp_path / "ckpt"), mib, kept=2)   # 2 MiB more fit
     with pytest.raises(preflight.RunFailed, match=r"1.0 MiB there now"):
         preflight.check_free_space(str(tmp_path / "ckpt"), mib, kept=3)
@@ -349,6 +352,6 @@ def test_an_aim_repository_path_that_is_a_file_is_one_error(tmp_path, data_dir, 
     assert train_cli.main(["sudoku-tiny", "--data.data-dir", str(data_dir), "--run-dir",
                            str(run_dir), "--tracking.repo", str(tmp_path / "aim")]) == 2
     aim = tmp_path / "aim"
-    assert capsys.readouterr().err.strip() == (f"error: --tracking.repo {aim}: {aim} is a file, "
+    assert capsys.readouterr().err.strip() == (f"error: Aim repository {aim}: {aim} is a file, "
                                                "not a directory")
     assert not run_dir.exists()

@@ -98,11 +98,9 @@ def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -
     resumed run (`start` > 0) says where it goes on from.
     ValueError when the checkpoint resumed from (step `start`) is past it (a shorter
     --optim.epochs or --max-steps than the run was saved with)."""
-    if 0 < start < last_step:
-        if jax.process_index() == 0:
-            print(f"resuming: {cfg.checkpoint_dir} at step {start} of {last_step}", flush=True)
-        return False
     if start < last_step:
+        if start > 0 and jax.process_index() == 0:
+            print(f"resuming: {cfg.checkpoint_dir} at step {start} of {last_step}", flush=True)
         return False
     budget = (f"--max-steps {cfg.max_steps}" if cfg.max_steps is not None and cfg.max_steps < total
               else f"--optim.epochs {cfg.optim.epochs} gives {total} steps")

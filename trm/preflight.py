@@ -100,14 +100,17 @@ def check_writable(directory: str) -> None:
 def check_free_space(directory: str, checkpoint_bytes: int, kept: int) -> None:
     """RunFailed unless a local `directory` (or, not yet created, its nearest existing parent)
     has room for the checkpoints of a run at its peak: the `kept` ones retention keeps plus
-    the one being written, less those already there. Remote paths (gs://...) are not
-    checked."""
+    the one being written, less the saved steps already there. Remote paths (gs://...) are
+    not checked."""
     if is_url(directory):
         return
     where = next(p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
                  if p.exists())
-    have = sum(f.stat().st_size for f in where.rglob("*") if f.is_file()) if (
-        where == Path(directory).absolute()) else 0
+    # the saved steps (numbered directories) retention will delete count towards the peak;
+    # unusable/ and other files stay
+    steps = [p for p in where.iterdir() if p.is_dir() and p.name.isdigit()] if (
+        where == Path(directory).absolute()) else []
+    have = sum(f.stat().st_size for p in steps for f in p.rglob("*") if f.is_file())
     free = shutil.disk_usage(where).free
     need = (kept + 1) * checkpoint_bytes - have
     if free < need:

@@ -42,7 +42,7 @@ def check_repo(repo: str) -> None:
         return
     for path in (Path(repo), Path(repo, ".aim")):
         if path.exists() and not path.is_dir():
-            raise ValueError(f"--tracking.repo {repo}: {path} is a file, not a directory")
+            raise ValueError(f"Aim repository {repo}: {path} is a file, not a directory")
 
 
 def open_aim_run(repo: str, **kwargs: Any) -> Any:
