@@ -207,10 +207,14 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("notice:") and "nothing to train" in err[0]
     assert saved_steps(tmp_path / "run") == [1, 2]
-    assert train_cli.main(args + ["--max-steps", "3"]) == 0
-    out = capsys.readouterr().out
+    assert train_cli.main(args + ["--max-steps", "3", "--optim.lr", "0.00031", "--seed", "7"]) == 0
+    out, err = capsys.readouterr()
     assert any(line.startswith("resuming: ") and line.endswith(" at step 2 of 3")
                for line in out.splitlines())
+    changes = [line for line in messages(err) if line.startswith("warning: resuming with")]
+    assert len(changes) == 2, err
+    assert "--seed stored 0, requested 7" in changes[0]
+    assert "--optim.lr stored" in changes[1] and "requested 0.00031" in changes[1]
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

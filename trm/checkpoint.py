@@ -84,6 +84,14 @@ STATE_SHAPING = ("optim.optimizer", "optim.ema", "optim.freeze_weights",
                  "optim.global_batch_size")
 """RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry)."""
 
+TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
+              "optim.weight_decay", "optim.puzzle_emb_lr", "optim.puzzle_emb_weight_decay",
+              "optim.ema_rate", "optim.epochs", "optim.lr_batch_scaling",
+              "optim.lr_reference_batch", "data.seed", "data.num_aug", "curriculum.phases",
+              "halting.exploration_start", "halting.exploration_end", "halting.step_penalty")
+"""RunConfig fields that a resumed run may change, though the run then is not the one a single
+uninterrupted run would have been (its schedules, data order or loss change): a notice."""
+
 
 def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[str]:
     """'--model.field stored X, requested Y' for each differing ModelConfig field.
@@ -96,18 +104,21 @@ def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[s
             for k, v in wanted.items() if stored.get(k, defaults[k]) != v]
 
 
-def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None) -> list[str]:
-    """The same for the STATE_SHAPING run settings (none when either side is unknown)."""
+def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None,
+                    paths: tuple[str, ...] = STATE_SHAPING) -> list[str]:
+    """The same for the run settings `paths` ("section.field" or a top-level "field"; none when
+    either side is unknown)."""
     if stored is None or requested is None:
         return []
     wanted, defaults = to_json(requested), to_json(RunConfig())
 
     def get(tree: dict[str, Any], path: str) -> Any:
-        section, name = path.split(".")
-        return tree.get(section, {}).get(name, defaults[section][name])
+        *section, name = path.split(".")
+        default = defaults[section[0]][name] if section else defaults[name]
+        return (tree.get(section[0], {}) if section else tree).get(name, default)
 
     return [f"{flag_name(p)} stored {get(stored, p)!r}, requested {get(wanted, p)!r}"
-            for p in STATE_SHAPING if get(stored, p) != get(wanted, p)]
+            for p in paths if get(stored, p) != get(wanted, p)]
 
 
 def _is_array_like(x: Any) -> bool:
@@ -323,6 +334,11 @@ class Checkpointer:
         if not bool(all_finite(arrays)):
             raise UnusableCheckpoint(step, "it holds non-finite numbers (NaN/Inf)")
         return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
+
+    def setting_changes(self, step: int) -> list[str]:
+        """The TRAJECTORY run settings of this run that differ from those saved with `step`
+        (a step that `restore` accepted)."""
+        return run_differences(self.stored_config(step).get("run"), self._run_config, TRAJECTORY)
 
     def restore_newest_usable(self, template: T, data_iter: grain.DatasetIterator | None = None,
                               sharding: jax.sharding.Sharding | None = None,

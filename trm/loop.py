@@ -90,6 +90,8 @@ def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> Tra
 
     step, state = checkpointer.restore_newest_usable(state, data_iter, notice=notice)
     checkpointer.set_aside([s for s in checkpointer.all_steps() if s > step])
+    warn([f"resuming with a setting other than the checkpoint's: {change} (the run goes on "
+          "with the requested value)" for change in checkpointer.setting_changes(step)])
     return state
 
 
