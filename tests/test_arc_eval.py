@@ -137,7 +137,8 @@ def oracle_rollout(model, inputs, labels, puzzle_identifiers, keep_step_preds=Fa
     steps, b = model.config.halt_max_steps, inputs.shape[0]
     preds = jnp.where(labels == -100, 0, labels)
     return Rollout(rows={"accuracy": jnp.ones(b)}, preds=preds,
-                   q_halt=jnp.zeros((steps, b)), exact=jnp.ones((steps, b), bool),
+                   q_halt=jnp.zeros((steps, b)), halt_margin=jnp.zeros((steps, b)),
+                   exact=jnp.ones((steps, b), bool),
                    labelled=(labels != -100).any(-1))
 
 

@@ -54,7 +54,7 @@ def constructed_rollout(batch_index: int):
     def fn(model, inputs, labels, ids):
         assert inputs.shape[0] == 8
         rows = {"exact_accuracy": jnp.asarray(exact[-1], jnp.float32)}
-        return Rollout(rows=rows, preds=inputs, q_halt=jnp.asarray(q),
+        return Rollout(rows=rows, preds=inputs, q_halt=jnp.asarray(q), halt_margin=jnp.asarray(q),
                        exact=jnp.asarray(exact), labelled=jnp.asarray(labelled))
     return fn
 
@@ -75,19 +75,27 @@ def test_per_step_curve_and_adaptive_policy_on_constructed_predictions():
     assert result.metrics["exact_accuracy"] == 4 / 10
 
 
-def test_eval_rollouts_always_run_halt_max_steps():
-    config = tiny_config(halt_max_steps=T, L_layers=1, H_cycles=1, L_cycles=1)
+@pytest.mark.parametrize("no_ACT_continue", [True, False])
+def test_eval_rollouts_always_run_halt_max_steps(no_ACT_continue):
+    """Every row runs T steps; the adaptive policy stops where the model's own training rule
+    would (q_halt > 0, or q_halt > q_continue with ACT continue)."""
+    config = tiny_config(halt_max_steps=T, L_layers=1, H_cycles=1, L_cycles=1,
+                         no_ACT_continue=no_ACT_continue)
     inputs, labels, ids = (np.asarray(x) for x in tiny_batch(config, batch_size=8))
     batch = {"inputs": inputs, "labels": labels, "puzzle_identifiers": ids}
     base = tiny_model(config)
-    for bias, adaptive_steps in ((10.0, 1.0), (-10.0, float(T))):
+    cases = [((10.0, 0.0), 1.0), ((-10.0, 0.0), float(T)),
+             ((-1.0, -5.0), float(T) if no_ACT_continue else 1.0)]  # q_halt < 0, > q_continue
+    for (q_halt, q_continue), adaptive_steps in cases:
         model = eqx.tree_at(lambda m: (m.q_head.weight, m.q_head.bias), base,
                             (jnp.zeros_like(base.q_head.weight),
-                             jnp.full_like(base.q_head.bias, bias)))
+                             jnp.array([q_halt, q_continue], base.q_head.bias.dtype)))
         result = evaluate_stream(model, [batch], make_mesh())
         assert result.metrics["steps"] == T               # no early halting at evaluation
         assert len(result.per_step["exact_accuracy_at_step"]) == T
         assert result.per_step["adaptive_mean_steps"] == adaptive_steps
+        assert result.halting_rule == ("q_halt > 0" if no_ACT_continue
+                                       else "q_halt > q_continue")
 
 
 @eqx.filter_jit

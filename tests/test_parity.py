@@ -159,6 +159,7 @@ def test_cli_bad_input_is_one_line_before_any_replay(tmp_path, capsys):
     cases = [([str(good), str(truncated)], "not an .npz file"),  # the good one is not replayed
              ([str(no_config)], "not a parity fixture: it has no config_json"),
              ([str(tmp_path / "missing.npz")], "no such file"),
+             ([str(tmp_path)], "a directory; give the fixture files"),
              (["--tolerance", "0", str(good)], "need --tolerance > 0")]
     for args, message in cases:
         assert main(args) == 2

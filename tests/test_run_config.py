@@ -102,6 +102,10 @@ def test_cli_reports_invalid_values():
     ["--data.num-workers", "-1"], ["--data.maze-size", "3"], ["--data.maze-size", "31"],
     ["--halting.exploration-start", "0.5"],
     ["--halting.step-penalty", "-1"], ["--curriculum.phases", "0.5", "1", "1"],
+    ["--curriculum.phases", "0.0", "1", "2", "0.5", "2", "7", "--model.arch", "trm_hier6"],
+    ["--model.puzzle-emb-ndim", "200", "--model.puzzle-emb-len", "1"],  # > 1 x hidden 64
+    ["--model.seq-len", "80"], ["--model.vocab-size", "5"],  # the data set's
+    ["--model.num-puzzle-identifiers", "9"],
     ["--max-steps", "0"],
 ], ids=lambda f: " ".join(f))
 def test_each_invalid_flag_is_named(flags):

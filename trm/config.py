@@ -146,6 +146,10 @@ class ModelConfig:
                 "puzzle_emb_ndim", f"must be >= 0, got {self.puzzle_emb_ndim}")
         require(self.puzzle_emb_len >= 0, self, "puzzle_emb_len",
                 f"must be >= 0, got {self.puzzle_emb_len}")
+        require(self.puzzle_dim <= self.prefix_len * self.hidden_size, self, "puzzle_emb_ndim",
+                f"{self.puzzle_dim} does not fit in puzzle_emb_len {self.puzzle_emb_len} "
+                f"positions of hidden_size {self.hidden_size} (give puzzle_emb_len >= "
+                f"{math.ceil(self.puzzle_dim / self.hidden_size)}, or 0 for that)")
         for name in ("expansion", "rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
             require(math.isfinite(value) and value > 0, self, name, f"must be > 0, got {value}")
@@ -192,6 +196,11 @@ class ModelConfig:
     def halts_on_q_continue(self) -> bool:
         """Training halts on q_halt > q_continue (else on q_halt > 0)."""
         return self.arch in ("hrm", "transformers_baseline") or not self.no_ACT_continue
+
+    @property
+    def halting_rule(self) -> str:
+        """The halting decision, as text: "q_halt > q_continue" or "q_halt > 0"."""
+        return "q_halt > q_continue" if self.halts_on_q_continue else "q_halt > 0"
 
     @property
     def trains_q_continue(self) -> bool:

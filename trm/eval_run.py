@@ -8,8 +8,9 @@ Batches are sharded on the mesh's data axis like training batches; every row run
   q_halt_accuracy, steps, lm_loss, q_halt_loss (the official loss head sums q_halt_loss over
   padding rows too), and count;
 - `per_step`: exact accuracy if every puzzle stopped after step k (k = 1..halt_max_steps), and
-  the adaptive policy that stops at the first step with q_halt > 0: its exact accuracy and
-  mean number of steps;
+  the adaptive policy that stops at the first step where the model's training halting rule
+  fires (q_halt > 0, or q_halt > q_continue for HRM, the transformer baseline and TRM with ACT
+  continue): its exact accuracy and mean number of steps;
 - `arc` (ARC data sets): pass@K after voting over augmented copies (`trm.arc_eval`), and the
   Kaggle submission.
 """
@@ -65,6 +66,8 @@ class SetResult:
     puzzles: int = 0
     """Rows evaluated (padding excluded; ARC: every augmented copy)."""
     seconds: float = 0.0
+    halting_rule: str = "q_halt > 0"
+    """The adaptive policy's rule (`ModelConfig.halting_rule`)."""
 
     def flat(self) -> dict[str, Any]:
         """metrics, per-step curves and pass@K in one mapping (training-loop form)."""
@@ -89,7 +92,7 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
     """Evaluate host batches ({"inputs", "labels", "puzzle_identifiers"} [+ "valid"], ARC
     fields for the voter). Batch n + 1 is dispatched before batch n is read back."""
     rows: dict[str, list[np.ndarray]] = {}
-    exact, q_halt, puzzles = [], [], 0
+    exact, margins, puzzles = [], [], 0
     start = time.perf_counter()
 
     def collect(batch: Mapping[str, np.ndarray], result: Rollout) -> None:
@@ -100,12 +103,11 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
         for k, v in result.rows.items():
             rows.setdefault(k, []).append(host_array(v)[keep])
         exact.append(host_array(result.exact)[:, keep])
-        q = host_array(result.q_halt)
-        q_halt.append(q[:, keep])
+        margins.append(host_array(result.halt_margin)[:, keep])
         puzzles += int(valid.sum())
         if voter is not None:
             voter.add_batch({k: _all_hosts(batch[k]) for k in ARC_KEYS},
-                            host_array(result.preds), q[-1])
+                            host_array(result.preds), host_array(result.q_halt)[-1])
         if progress is not None:
             progress.update(1)
 
@@ -121,12 +123,13 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
     steps = model.config.halt_max_steps
     exact = np.concatenate(exact, 1) if exact else np.zeros((steps, 0), bool)
     per_step = per_step_accuracy(
-        exact, np.concatenate(q_halt, 1) if q_halt else np.zeros((steps, 0), np.float32))
+        exact, np.concatenate(margins, 1) if margins else np.zeros((steps, 0), np.float32))
     metrics = eval_metrics({k: np.concatenate(v) for k, v in rows.items()}, exact.shape[1])
     return SetResult(metrics=metrics, per_step=per_step,
                      arc=None if voter is None else voter.summary(),
                      submission=None if voter is None else voter.submission(),
-                     puzzles=puzzles, seconds=time.perf_counter() - start)
+                     puzzles=puzzles, seconds=time.perf_counter() - start,
+                     halting_rule=model.config.halting_rule)
 
 
 def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh, *, batch_size: int,
@@ -249,7 +252,8 @@ def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
                      f"{r.puzzles / max(r.seconds, 1e-9):.1f} puzzles/s)")
         curve = " ".join(f"{k}:{a:.3f}" for k, a in enumerate(s["exact_accuracy_at_step"], 1))
         lines.append(f"  exact accuracy if stopped after step k: {curve}")
-        lines.append(f"  adaptive halting (q_halt > 0): exact {s['adaptive_exact_accuracy']:.4f} "
+        lines.append(f"  adaptive halting ({r.halting_rule}): exact "
+                     f"{s['adaptive_exact_accuracy']:.4f} "
                      f"at {s['adaptive_mean_steps']:.2f} steps")
         if r.arc is not None:
             lines.append("  ARC " + "  ".join(f"{k} {v:.4f}" for k, v in r.arc.items()

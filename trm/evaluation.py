@@ -2,7 +2,8 @@
 
 `rollout` is jit-compiled once per model config and runs data-parallel when its inputs are
 sharded on the batch axis. Besides the official metric sums of the last step, it returns what
-per-step analyses need: whether each row is exactly right after each step and its q_halt logit.
+per-step analyses need: whether each row is exactly right after each step, its q_halt logit and
+its halting margin.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from trm.loss import RowMetrics, row_correctness, row_metrics
 from trm.models import ACTModel
+from trm.models.act import halt_margin
 
 
 class Rollout(eqx.Module):
@@ -29,6 +31,8 @@ class Rollout(eqx.Module):
     """Predicted tokens after the last step."""
     q_halt: Float[Array, "T B"]
     """q_halt logit after each step."""
+    halt_margin: Float[Array, "T B"]
+    """`trm.models.act.halt_margin` after each step: training would halt the row where > 0."""
     exact: Bool[Array, "T B"]
     """Row exactly right after each step."""
     labelled: Bool[Array, " B"]
@@ -53,7 +57,9 @@ def rollout(model: ACTModel, inputs: Int[Array, "B S"], labels: Int[Array, "B S"
                                                length=model.config.halt_max_steps)
     last = jax.tree.map(lambda x: x[-1], outs)
     rows, labelled = row_metrics(carry.labels, last, carry.steps, model.config.loss_type)
-    return Rollout(rows=rows, preds=preds[-1], q_halt=outs.q_halt_logits, exact=exact,
+    margin = halt_margin(model.config, outs.q_halt_logits, outs.q_continue_logits)
+    return Rollout(rows=rows, preds=preds[-1], q_halt=outs.q_halt_logits, halt_margin=margin,
+                   exact=exact,
                    labelled=labelled, step_preds=preds if keep_step_preds else None)
 
 
@@ -74,15 +80,16 @@ def eval_metrics(rows: Mapping[str, np.ndarray], count: int) -> dict[str, float]
             for k, v in rows.items()} | {"count": float(count)}
 
 
-def per_step_accuracy(exact: np.ndarray, q_halt: np.ndarray) -> dict[str, object]:
+def per_step_accuracy(exact: np.ndarray, margin: np.ndarray) -> dict[str, object]:
     """Inference-budget curves from per-step correctness of labelled rows.
 
-    exact, q_halt: [T, N]. Returns the exact accuracy if every row stopped after step k
-    (k = 1..T), and the adaptive policy that stops at the first step with q_halt > 0 (or at T):
-    its exact accuracy and mean number of steps.
+    exact, margin: [T, N] (margin: `Rollout.halt_margin`). Returns the exact accuracy if every
+    row stopped after step k (k = 1..T), and the adaptive policy that stops at the first step
+    where the model's halting rule fires (margin > 0; else at T): its exact accuracy and mean
+    number of steps.
     """
     steps, n = exact.shape
-    halts = q_halt > 0
+    halts = margin > 0
     stop = np.where(halts.any(0), halts.argmax(0), steps - 1)  # 0-based step index
     adaptive_correct = exact[stop, np.arange(n)]
     return {

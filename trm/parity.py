@@ -75,6 +75,8 @@ class Fixture:
 def load_fixture(path: str) -> Fixture:
     """A recording of the official code (`tests/fixtures/README.md`). FileNotFoundError, or
     ValueError naming what is wrong when `path` is not such an .npz."""
+    if Path(path).is_dir():
+        raise ValueError("a directory; give the fixture files (e.g. DIR/*.npz)")
     if not Path(path).is_file():
         raise FileNotFoundError("no such file")
     if not zipfile.is_zipfile(path):

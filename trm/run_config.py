@@ -19,7 +19,7 @@ import tyro
 
 from data.store import SPLITS
 from trm.config import ConfigError, ModelConfig, flag_error, require
-from trm.curriculum import validate_phases
+from trm.curriculum import phase_config, validate_phases
 
 Generated = Literal["none", "sudoku-tiny", "maze-tiny"]
 
@@ -294,6 +294,12 @@ class RunConfig:
                 "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
                 f"evaluated set ({', '.join(e.eval_sets)}), e.g. test/exact_accuracy")
         _at_least(self, "max_steps", 1)
+        for phase in self.curriculum.phases:  # each phase must be a valid model config too
+            try:
+                phase_config(self.model, phase)
+            except ConfigError as error:
+                raise ConfigError(f"phase {phase}: its {error.field} {error.detail}",
+                                  field="curriculum.phases", owner=type(self)) from None
 
     @property
     def checkpoint_dir(self) -> str:
@@ -322,6 +328,10 @@ def flag_sections() -> dict[type, str]:
                               if dataclasses.is_dataclass(hints[f.name])}
 
 
+DATA_SET_FLAGS = ("--model.vocab-size", "--model.seq-len", "--model.num-puzzle-identifiers")
+"""Model fields that training takes from the data set (`trm.loop.model_config_for`)."""
+
+
 def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
     """`<preset> [--section.field value ...]` -> RunConfig (argv without the program name;
     presets in `trm.presets`).
@@ -341,6 +351,10 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
         close = difflib.get_close_matches(args[0], PRESETS, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(f"unknown preset {args[0]!r}; {hint}presets: {', '.join(PRESETS)}")
+    from_data = [a.split("=")[0] for a in args if a.split("=")[0] in DATA_SET_FLAGS]
+    if from_data:
+        raise ConfigError(f"{from_data[0]} is the data set's: training reads it from the data "
+                          "set's metadata (build a data set with other sizes instead)")
     try:
         return tyro.extras.overridable_config_cli(PRESETS, args=args)
     except ConfigError as e:

@@ -109,6 +109,9 @@ class Trace:
     puzzle: Puzzle
     step_preds: Int[np.ndarray, "t s"]
     q_halt: Float[np.ndarray, " t"]
+    halt_margin: Float[np.ndarray, " t"]
+    """`Rollout.halt_margin`: the model's halting rule fires where > 0."""
+    halting_rule: str
     exact: Bool[np.ndarray, " t"] | None
     """Exactly right after each step (None when the target is unknown)."""
 
@@ -126,6 +129,7 @@ def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
     r = rollout(model, jnp.asarray(puzzle.inputs[None]), jnp.asarray(puzzle.labels[None]),
                 jnp.array([puzzle.puzzle_identifier], jnp.int32), keep_step_preds=True)
     return Trace(puzzle, np.asarray(r.step_preds[:, 0]), np.asarray(r.q_halt[:, 0]),
+                 np.asarray(r.halt_margin[:, 0]), c.halting_rule,
                  np.asarray(r.exact[:, 0]) if puzzle.labelled else None)
 
 
@@ -158,8 +162,8 @@ def describe(trace: Trace) -> str:
         if k == 1 or shape_changed or (grid != before).any():
             lines.append(grid_text(p.kind, grid))
         before = grid
-    halts = np.flatnonzero(trace.q_halt > 0)
-    lines.append(f"adaptive halting (first q_halt > 0) stops at step "
+    halts = np.flatnonzero(trace.halt_margin > 0)
+    lines.append(f"adaptive halting (first {trace.halting_rule}) stops at step "
                  f"{halts[0] + 1 if halts.size else len(trace.q_halt)}"
                  + ("" if halts.size else " (never confident; the last step)"))
     return "\n".join(lines)

@@ -34,6 +34,14 @@ def stop_gradient_tree(tree):
     return jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
 
 
+
+def halt_margin(config: ModelConfig, q_halt: Float[Array, "*B"], q_continue: Float[Array, "*B"],
+                ) -> Float[Array, "*B"]:
+    """How far a row is past its halting threshold (`config.halting_rule`): q_halt -
+    q_continue where the model halts on q_halt > q_continue (`halts_on_q_continue`: HRM, the
+    transformer baseline, TRM with ACT continue), else q_halt. It halts where this is > 0."""
+    return q_halt - q_continue if config.halts_on_q_continue else q_halt
+
 class Carry(eqx.Module):
     """ACT state of a batch: latents, step counters, halting flags and the rows being solved.
 
@@ -198,7 +206,7 @@ class ACTModel(eqx.Module):
         halted = is_last
         target = None
         if c.adaptive_halting(train):
-            halted = halted | (q_halt > q_continue if c.halts_on_q_continue else q_halt > 0)
+            halted = halted | (halt_margin(c, q_halt, q_continue) > 0)
         if train and c.adaptive_halting(train):
             if min_halt_steps is None:
                 min_halt_steps = self.exploration_min_steps(key, steps.shape[0])
