@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from trm.cli import run_cli
+from trm.cli import exit_process, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -18,6 +18,7 @@ from data import build, generate
 from data.arc import SUBSETS
 from data.common import DataError
 from data.maze_gen import default_min_path_length
+from trm.cli import interrupted, sigterm_as_interrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,13 +107,13 @@ def _run(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        print(_run(args))
+        with sigterm_as_interrupt():
+            print(_run(args))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted (nothing written)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return interrupted(e, " (nothing written)")
     return 0
 
 

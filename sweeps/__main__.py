@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from trm.cli import run_cli
+from trm.cli import exit_process, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

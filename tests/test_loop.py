@@ -121,6 +121,32 @@ def test_resume_after_sigkill(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
+                                            (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word):
+    """SIGTERM (a scheduler's stop) and Ctrl-C mid-run: one line, exit 128 + signal, no crash
+    at exit (a segfault after `interrupted` was seen), and the run goes on when rerun."""
+    ensure = train(parse_cli(tiny_args(tmp_path / "data_made", data_dir, "--max-steps", "1")),
+                   progress=False)  # the data set exists before the timed part
+    assert ensure.steps == 1
+    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            break
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert messages(err)[-1] == word and "Traceback" not in err
+    steps = saved_steps(tmp_path / "run")
+    assert steps and train(parse_cli(args + ["--max-steps", str(steps[-1] + 1)]),
+                           progress=False).steps == steps[-1] + 1
+
+
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory, data_dir):
     """A run directory with checkpoints at steps 1 and 2 (copy it before changing it)."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 from data.common import DataError
 from trm.config import ConfigError, flag_error
@@ -45,6 +49,48 @@ class RunFailed(RuntimeError):
     `error:` line, exit status 1."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised like Ctrl-C so the same clean-up runs:
+    temporary files removed, child processes stopped, a checkpoint being saved finished."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated in the main thread; the previous handler is
+    restored after (off the main thread, where Python cannot set handlers, it does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> NoReturn:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(e: KeyboardInterrupt, detail: str = "") -> int:
+    """Print `interrupted` / `terminated` (+ detail) on stderr; the exit status: 130 for
+    SIGINT, 143 for SIGTERM (128 + the signal number, as the shell reports them)."""
+    print(("terminated" if isinstance(e, Terminated) else "interrupted") + detail,
+          file=sys.stderr)
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code`. After an interrupt (130, 143) the interpreter's own
+    shutdown is skipped: XLA work still in flight when the signal came can crash it
+    (segfaults, `pure virtual method called`). Files and checkpoints are closed by then."""
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def parse_args(cls: type[T], args: list[str], prog: str) -> T:
     """tyro.cli for a dataclass (fields, and nested dataclasses one level deep); a ConfigError
     names the flag (`--batch-size ...`, `--mesh.data ...`)."""
@@ -61,9 +107,11 @@ def parse_args(cls: type[T], args: list[str], prog: str) -> T:
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
-    a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1."""
+    a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1, Ctrl-C
+    130 and SIGTERM 143 (`interrupted`)."""
     try:
-        main(argv)
+        with sigterm_as_interrupt():
+            main(argv)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,7 +121,6 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return interrupted(e)
     return 0
