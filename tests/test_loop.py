@@ -243,6 +243,19 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     assert "--optim.lr stored" in changes[1] and "requested 0.00031" in changes[1]
 
 
+def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, data_dir,
+                                                                     two_step_run, capsys):
+    args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with preflight.run_lock(str(tmp_path / "run" / "checkpoints")):  # the other run
+        assert train_cli.main(args) == 1
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert f"is in use by another run (pid {os.getpid()} on " in err[0]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert train_cli.main(args) == 0 and saved_steps(tmp_path / "run") == [2, 3]  # released
+
+
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):
     """Checkpoints record --data.data-dir; evaluate.py may run from another directory (a URL
     is kept as given)."""

@@ -46,6 +46,7 @@ from trm.preflight import (
     check_writable,
     initialize_distributed,
     prepare_data,
+    run_lock,
     split_cpu,
     with_absolute_data_dir,
 )
@@ -214,7 +215,13 @@ def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -
 
 
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
-    """Run (or resume) the training run described by `cfg`."""
+    """Run (or resume) the training run described by `cfg`. RunFailed when another run holds
+    its checkpoint directory (`trm.preflight.run_lock`)."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, progress, held)
+
+
+def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainResult:
     from data import fingerprint
     from data.pipeline import load_metadata, train_iterator
 
@@ -259,6 +266,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
                                seed=cfg.data.seed, num_aug=cfg.data.num_aug,
                                num_workers=cfg.data.num_workers)
 
+    held.enter_context(run_lock(cfg.checkpoint_dir))  # all checks passed: the run starts
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
                                 data_fingerprint=fingerprint.read(data_dir))
     if cfg.checkpoint.resume and checkpointer.all_steps():

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -95,6 +98,34 @@ def check_writable(directory: str) -> None:
         for p in created:  # deepest first
             with contextlib.suppress(OSError):
                 p.rmdir()
+
+
+@contextlib.contextmanager
+def run_lock(directory: str) -> Iterator[None]:
+    """Hold `directory`/.lock exclusively while the block runs, so that a second run on the
+    same checkpoint directory stops at once (RunFailed naming the holder) instead of mixing
+    its checkpoints in. fcntl.flock: the OS releases it however the process ends. Local
+    directories, process 0 only (another host's lock, or one on a URL, is not seen)."""
+    if is_url(directory) or jax.process_index() != 0:
+        yield
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with open(Path(directory) / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunFailed(f"{directory} is in use by another run ({holder}); wait for it to "
+                            "end, or give another --run-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def check_free_space(directory: str, checkpoint_bytes: int, kept: int) -> None:
