@@ -68,13 +68,41 @@ def read_metadata_json(data_dir: Path) -> dict[str, Any]:
 
 
 def load_metadata(data_dir: Path | str, split: str = "train") -> DatasetMetadata:
-    """DatasetMetadata of one split ("train" or "test") of a built data set."""
+    """DatasetMetadata of one split ("train" or "test") of a built data set. DataError when the
+    data set is incomplete or an array file is damaged (`check_arrays`), so that a run stops
+    before its first step, not at the first read of the broken file."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (expected one of {SPLITS})")
     doc = read_metadata_json(Path(data_dir))
+    check_arrays(Path(data_dir), doc)
     fields = {f.name for f in dataclasses.fields(DatasetMetadata)}
     shared = {k: v for k, v in doc.items() if k in fields}
     return DatasetMetadata(split=split, **shared, **doc["splits"][split])
+
+
+def array_files(data_dir: Path, doc: dict[str, Any]) -> list[Path]:
+    """The .npy files a data set with metadata `doc` holds."""
+    if doc.get("name") == "arc":
+        return [data_dir / "arc" / f"{name}.npy" for name in ArcArrays._fields]
+    return [data_dir / split / f"{name}.npy" for split in doc.get("splits", SPLITS)
+            for name in ("inputs", "labels")]
+
+
+def load_array(path: Path, *, mmap: bool = True) -> np.ndarray:
+    """One array file of a data set (memory-mapped unless `mmap` is False); DataError naming
+    the file when it is missing or damaged (e.g. truncated)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing, the data set is incomplete; rebuild it") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: damaged ({e}); rebuild the data set") from None
+
+
+def check_arrays(data_dir: Path, doc: dict[str, Any]) -> None:
+    """Every array file of the data set opens (header read and size checked, data not read)."""
+    for path in array_files(data_dir, doc):
+        load_array(path)
 
 
 def write_puzzles(out: Path, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
@@ -86,7 +114,7 @@ def write_puzzles(out: Path, split: str, inputs: np.ndarray, labels: np.ndarray)
 def read_puzzles(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, labels) uint8 tokens [n, seq_len], memory-mapped."""
     d = Path(data_dir) / split
-    return (np.load(d / "inputs.npy", mmap_mode="r"), np.load(d / "labels.npy", mmap_mode="r"))
+    return load_array(d / "inputs.npy"), load_array(d / "labels.npy")
 
 
 class ArcArrays(NamedTuple):
@@ -113,5 +141,5 @@ def write_arc(out: Path, arrays: ArcArrays, tasks: list[tuple[str, str]]) -> Non
 def read_arc(data_dir: Path) -> tuple[ArcArrays, list[tuple[str, str]]]:
     """(arrays, [(task id, subset), ...]) of a built ARC data set."""
     d = Path(data_dir) / "arc"
-    arrays = ArcArrays(*(np.load(d / f"{name}.npy") for name in ArcArrays._fields))
+    arrays = ArcArrays(*(load_array(d / f"{name}.npy", mmap=False) for name in ArcArrays._fields))
     return arrays, [tuple(x) for x in read_json(d / "tasks.json")]

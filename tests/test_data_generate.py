@@ -145,6 +145,21 @@ def test_ensure_tiny_dataset_builds_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "tiny"]
 
 
+def test_ensure_tiny_dataset_refuses_a_file_or_foreign_directory_before_generating(
+        tmp_path, monkeypatch):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated before the output check")
+
+    monkeypatch.setattr(generate, "write_maze_csv", no_generation)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    for out, message in ((tmp_path / "file", "is a file"), (tmp_path / "notes", "not empty")):
+        with pytest.raises(DataError, match=message):
+            generate.ensure_tiny_dataset("maze", out, train_count=6, test_count=2, size=6)
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
+
+
 def test_ensure_tiny_dataset_when_another_process_finishes_first(tmp_path, monkeypatch):
     """Hosts of a multi-host run generate into one shared directory at once: the one that
     finishes second keeps the set already in place (its own is the same) instead of swapping

@@ -4,6 +4,7 @@ semantics end to end, padded evaluation and ARC copies mapped back to the origin
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import grain
 import numpy as np
@@ -249,3 +250,20 @@ def test_metadata_for_the_model_config(dirs):
     with pytest.raises(DataError, match="not a built data set"):
         pipeline.load_metadata(dirs["sudoku"] / "train")
     assert list(itertools.islice(pipeline.task_ids(dirs["arc"]), 2)) == ["tr0", "tr1"]
+
+
+@pytest.mark.parametrize("kind, file", [("sudoku", "test/labels.npy"), ("maze", "train/inputs.npy"),
+                                        ("arc", "arc/grids.npy")])
+def test_an_incomplete_or_damaged_data_set_is_named_when_its_metadata_is_read(dirs, kind, file,
+                                                                              tmp_path):
+    """A missing or truncated array file stops a run before its first step (it used to fail at
+    the first evaluation, or as a bare `mmap length is greater than file size`)."""
+    copy = tmp_path / kind
+    shutil.copytree(dirs[kind], copy)
+    data = (copy / file).read_bytes()
+    (copy / file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=f"{copy / file}: damaged .*; rebuild the data set"):
+        pipeline.load_metadata(copy, "test")
+    (copy / file).unlink()
+    with pytest.raises(DataError, match=f"{copy / file}: missing, the data set is incomplete"):
+        pipeline.load_metadata(copy)
