@@ -59,8 +59,7 @@ def rollout(model: ACTModel, inputs: Int[Array, "B S"], labels: Int[Array, "B S"
     rows, labelled = row_metrics(carry.labels, last, carry.steps, model.config.loss_type)
     margin = halt_margin(model.config, outs.q_halt_logits, outs.q_continue_logits)
     return Rollout(rows=rows, preds=preds[-1], q_halt=outs.q_halt_logits, halt_margin=margin,
-                   exact=exact,
-                   labelled=labelled, step_preds=preds if keep_step_preds else None)
+                   exact=exact, labelled=labelled, step_preds=preds if keep_step_preds else None)
 
 
 def host_array(x: Array) -> np.ndarray:

@@ -34,7 +34,6 @@ def stop_gradient_tree(tree):
     return jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
 
 
-
 def halt_margin(config: ModelConfig, q_halt: Float[Array, "*B"], q_continue: Float[Array, "*B"],
                 ) -> Float[Array, "*B"]:
     """How far a row is past its halting threshold (`config.halting_rule`): q_halt -
