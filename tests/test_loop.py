@@ -121,8 +121,9 @@ def test_resume_after_sigkill(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
-                                            (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("sig, code, word", [
+    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow)])
 def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word):
     """SIGTERM (a scheduler's stop) and Ctrl-C mid-run: one line, exit 128 + signal, no crash
     at exit (a segfault after `interrupted` was seen), and the run goes on when rerun."""
