@@ -84,7 +84,7 @@ def test_cli_reports_invalid_values():
     ["--model.num-heads", "3"],  # does not divide hidden 64
     ["--model.hidden-size", "0"], ["--model.H-cycles", "0"], ["--model.L-cycles", "-1"],
     ["--model.L-layers", "0"], ["--model.halt-max-steps", "0"], ["--model.expansion", "0"],
-    ["--model.puzzle-emb-len", "-1"], ["--model.rms-norm-eps", "0"],
+    ["--model.puzzle-emb-len", "-1"], ["--model.rms-norm-eps", "0"], ["--model.H-layers", "-1"],
     ["--model.halt-exploration-prob", "1.5"],
     ["--optim.global-batch-size", "0"], ["--optim.lr", "-1"], ["--optim.lr", "nan"],
     ["--optim.lr", "inf"], ["--optim.puzzle-emb-lr", "-1e-2"], ["--optim.epochs", "0"],

@@ -160,6 +160,7 @@ class ModelConfig:
                 f"an even one")
         require(self.arch not in ("hrm", "transformers_baseline") or self.H_layers >= 1, self,
                 "H_layers", f"must be >= 1 for {self.arch}, got {self.H_layers}")
+        require(self.H_layers >= 0, self, "H_layers", f"must be >= 0, got {self.H_layers}")
         require(self.arch != "trm_hier6" or self.L_cycles <= 6, self, "L_cycles",
                 f"must be <= 6 for trm_hier6 (six latents), got {self.L_cycles}")
         baseline = self.arch == "transformers_baseline"
