@@ -108,7 +108,7 @@ def parse_args(cls: type[T], args: list[str], prog: str) -> T:
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
     a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1, Ctrl-C
-    130 and SIGTERM 143 (`interrupted`)."""
+    130 (`interrupted`) and SIGTERM 143 (`terminated`)."""
     try:
         with sigterm_as_interrupt():
             main(argv)
