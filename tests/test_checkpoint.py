@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from helpers import DAMAGE, damage_step, unwritable
 
-from trm.checkpoint import Checkpointer, SaveFailed, UnusableCheckpoint, config_differences
+from trm.checkpoint import Checkpointer, SaveFailed, UnusableCheckpoint
 from trm.config import ModelConfig
+from trm.config_diff import config_differences
 from trm.optim import adam_atan2
 from trm.run_config import CheckpointConfig, RunConfig
 

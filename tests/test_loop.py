@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -97,55 +96,6 @@ def test_eval_lines_and_only_measured_train_metrics(tmp_path, data_dir, capsys):
     assert 1 not in halted and 2 not in halted and 3 in halted
     for name in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
         assert sorted(train_steps[name]) == halted, name
-
-
-def test_resume_after_sigkill(tmp_path, data_dir):
-    args = tiny_args(tmp_path / "killed", data_dir, "--checkpoint.every-n-steps", "2",
-                     "--max-steps", "10", "--mesh.data", "2")
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
-            time.sleep(np.random.default_rng().uniform(0.0, 2.0))
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = train(parse_cli(args), progress=False)
-    straight = train(parse_cli(tiny_args(tmp_path / "straight", data_dir, "--max-steps", "10",
-                                         "--mesh.data", "2")), progress=False)
-    assert resumed.steps == straight.steps == 10
-    for a, b in zip(leaves(straight.state), leaves(resumed.state)):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("sig, code, word", [
-    (signal.SIGTERM, 143, "terminated"),
-    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow)])
-def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word):
-    """SIGTERM (a scheduler's stop) and Ctrl-C mid-run: one line, exit 128 + signal, no crash
-    at exit (a segfault after `interrupted` was seen), and the run goes on when rerun."""
-    ensure = train(parse_cli(tiny_args(tmp_path / "data_made", data_dir, "--max-steps", "1")),
-                   progress=False)  # the data set exists before the timed part
-    assert ensure.steps == 1
-    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1")
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
-            break
-        time.sleep(0.1)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err[-2000:]
-    assert messages(err)[-1] == word and "Traceback" not in err
-    steps = saved_steps(tmp_path / "run")
-    assert steps and train(parse_cli(args + ["--max-steps", str(steps[-1] + 1)]),
-                           progress=False).steps == steps[-1] + 1
 
 
 @pytest.fixture(scope="module")
@@ -245,19 +195,6 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     assert len(changes) == 2, err
     assert "--seed stored 0, requested 7" in changes[0]
     assert "--optim.lr stored" in changes[1] and "requested 0.00031" in changes[1]
-
-
-def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, data_dir,
-                                                                     two_step_run, capsys):
-    args = copy_run(two_step_run, tmp_path, data_dir, "--max-steps", "3")
-    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    with preflight.run_lock(str(tmp_path / "run" / "checkpoints")):  # the other run
-        assert train_cli.main(args) == 1
-    err = messages(capsys.readouterr().err)
-    assert len(err) == 1 and err[0].startswith("error: ")
-    assert f"is in use by another run (pid {os.getpid()} on " in err[0]
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
-    assert train_cli.main(args) == 0 and saved_steps(tmp_path / "run") == [2, 3]  # released
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

@@ -18,9 +18,7 @@ A step that cannot be read, does not match its digests or holds non-finite numbe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import json
 import logging
 import math
 import os
@@ -39,7 +37,8 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from data.storage import as_path, is_url
 from trm.cli import RunFailed
-from trm.config import ModelConfig, flag_name, upgrade_model_fields
+from trm.config import ModelConfig, upgrade_model_fields
+from trm.config_diff import TRAJECTORY, config_differences, run_differences, to_json
 from trm.integrity import all_finite, digest_mismatches, digests
 from trm.run_config import CheckpointConfig, RunConfig
 
@@ -73,52 +72,6 @@ def _without_orbax_noise(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 sys.unraisablehook = _without_orbax_noise(sys.unraisablehook)
 
 _ITEMS = ("state", "data_iter", "config")
-
-
-def to_json(config: Any) -> Any:
-    """A dataclass as plain JSON data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-STATE_SHAPING = ("optim.optimizer", "optim.ema", "optim.freeze_weights",
-                 "optim.global_batch_size")
-"""RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry)."""
-
-TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
-              "optim.weight_decay", "optim.puzzle_emb_lr", "optim.puzzle_emb_weight_decay",
-              "optim.ema_rate", "optim.epochs", "optim.lr_batch_scaling",
-              "optim.lr_reference_batch", "data.seed", "data.num_aug", "curriculum.phases",
-              "halting.exploration_start", "halting.exploration_end", "halting.step_penalty")
-"""RunConfig fields that a resumed run may change, though the run then is not the one a single
-uninterrupted run would have been (its schedules, data order or loss change): a notice."""
-
-
-def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[str]:
-    """'--model.field stored X, requested Y' for each differing ModelConfig field.
-
-    A field missing from `stored` (written before the field existed) counts as its default.
-    """
-    wanted = to_json(requested)
-    defaults = to_json(ModelConfig())
-    return [f"{flag_name('model.' + k)} stored {stored.get(k, defaults[k])!r}, requested {v!r}"
-            for k, v in wanted.items() if stored.get(k, defaults[k]) != v]
-
-
-def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None,
-                    paths: tuple[str, ...] = STATE_SHAPING) -> list[str]:
-    """The same for the run settings `paths` ("section.field" or a top-level "field"; none when
-    either side is unknown)."""
-    if stored is None or requested is None:
-        return []
-    wanted, defaults = to_json(requested), to_json(RunConfig())
-
-    def get(tree: dict[str, Any], path: str) -> Any:
-        *section, name = path.split(".")
-        default = defaults[section[0]][name] if section else defaults[name]
-        return (tree.get(section[0], {}) if section else tree).get(name, default)
-
-    return [f"{flag_name(p)} stored {get(stored, p)!r}, requested {get(wanted, p)!r}"
-            for p in paths if get(stored, p) != get(wanted, p)]
 
 
 def _is_array_like(x: Any) -> bool:

@@ -47,6 +47,10 @@ def require(ok: bool, config: object, field: str, detail: str) -> None:
         raise ConfigError(detail, field=field, owner=type(config))
 
 
+DATA_SET_FIELDS = ("vocab_size", "seq_len", "num_puzzle_identifiers")
+"""ModelConfig fields a data set determines (its metadata); training takes them from there."""
+
+
 def flag_name(path: str) -> str:
     """The tyro flag of a dotted field path: "model.num_heads" -> "--model.num-heads"."""
     return "--" + path.replace("_", "-")

@@ -21,16 +21,15 @@ import numpy as np
 
 from data import fingerprint
 from data.storage import as_path
-from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable, to_json
+from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable
 from trm.cli import warn
-from trm.config import ConfigError, ModelConfig, require
+from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, require
+from trm.config_diff import to_json
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, RunConfig
 from trm.train_step import TrainState, eval_model, init_train_state
-
-DATA_FIELDS = ("vocab_size", "seq_len", "num_puzzle_identifiers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +189,7 @@ def import_official(weights: str | Path, config: str | Path | None,
                              "holding config_json")
         config = weights
     arch, loss_type = read_official_config(config)
-    missing = [k for k in DATA_FIELDS if k not in arch]
+    missing = [k for k in DATA_SET_FIELDS if k not in arch]
     if missing and data_metadata is None:
         raise ValueError(f"the official config lacks {', '.join(missing)}; give --data-dir")
     arch = {**{k: getattr(data_metadata, k) for k in missing}, **arch}

@@ -36,7 +36,7 @@ from trm.checkpoint import (
     restore_last,
 )
 from trm.cli import RunStopped, warn
-from trm.config import ModelConfig
+from trm.config import DATA_SET_FIELDS, ModelConfig
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
@@ -127,8 +127,7 @@ def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
 
 def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
     """The model config with the data set's vocabulary, length and puzzle count."""
-    return dataclasses.replace(model, vocab_size=metadata.vocab_size, seq_len=metadata.seq_len,
-                               num_puzzle_identifiers=metadata.num_puzzle_identifiers)
+    return dataclasses.replace(model, **{k: getattr(metadata, k) for k in DATA_SET_FIELDS})
 
 
 def step_budget(cfg: RunConfig, metadata: Any) -> tuple[int, int | None]:

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import tyro
 
 from data.store import SPLITS
-from trm.config import ConfigError, ModelConfig, flag_error, require
+from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, flag_error, flag_name, require
 from trm.curriculum import phase_config, validate_phases
 
 Generated = Literal["none", "sudoku-tiny", "maze-tiny"]
@@ -328,10 +328,6 @@ def flag_sections() -> dict[type, str]:
                               if dataclasses.is_dataclass(hints[f.name])}
 
 
-DATA_SET_FLAGS = ("--model.vocab-size", "--model.seq-len", "--model.num-puzzle-identifiers")
-"""Model fields that training takes from the data set (`trm.loop.model_config_for`)."""
-
-
 def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
     """`<preset> [--section.field value ...]` -> RunConfig (argv without the program name;
     presets in `trm.presets`).
@@ -351,7 +347,8 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
         close = difflib.get_close_matches(args[0], PRESETS, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(f"unknown preset {args[0]!r}; {hint}presets: {', '.join(PRESETS)}")
-    from_data = [a.split("=")[0] for a in args if a.split("=")[0] in DATA_SET_FLAGS]
+    data_set_flags = {flag_name(f"model.{name}") for name in DATA_SET_FIELDS}
+    from_data = [a.split("=")[0] for a in args if a.split("=")[0] in data_set_flags]
     if from_data:
         raise ConfigError(f"{from_data[0]} is the data set's: training reads it from the data "
                           "set's metadata (build a data set with other sizes instead)")

@@ -1,0 +1,86 @@
+"""How a training run stops from outside: SIGKILL, SIGTERM and Ctrl-C at a random moment, and
+a second run on a checkpoint directory that is in use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_loop import ROOT, leaves, messages, saved_steps, tiny_args
+
+import train as train_cli
+from trm import preflight
+from trm.loop import train
+from trm.run_config import parse_cli
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "sudoku"
+
+
+def started_until_first_checkpoint(args: list[str], checkpoints: Path,
+                                   **popen: object) -> subprocess.Popen:
+    """`train.py args` in a subprocess, returned once it saved its first step (or ended)."""
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, **popen)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.1)
+    return proc
+
+
+def test_resume_after_sigkill(tmp_path, data_dir):
+    args = tiny_args(tmp_path / "killed", data_dir, "--checkpoint.every-n-steps", "2",
+                     "--max-steps", "10", "--mesh.data", "2")
+    proc = started_until_first_checkpoint(args, tmp_path / "killed" / "checkpoints",
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(np.random.default_rng().uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(parse_cli(args), progress=False)
+    straight = train(parse_cli(tiny_args(tmp_path / "straight", data_dir, "--max-steps", "10",
+                                         "--mesh.data", "2")), progress=False)
+    assert resumed.steps == straight.steps == 10
+    for a, b in zip(leaves(straight.state), leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sig, code, word", [
+    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow)])
+def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word):
+    """SIGTERM (a scheduler's stop) and Ctrl-C mid-run: one line, exit 128 + signal, no crash
+    at exit (a segfault after `interrupted` was seen), and the run goes on when rerun."""
+    ensure = train(parse_cli(tiny_args(tmp_path / "data_made", data_dir, "--max-steps", "1")),
+                   progress=False)  # the data set exists before the timed part
+    assert ensure.steps == 1
+    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1")
+    proc = started_until_first_checkpoint(args, tmp_path / "run" / "checkpoints", text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert messages(err)[-1] == word and "Traceback" not in err
+    steps = saved_steps(tmp_path / "run")
+    assert steps and train(parse_cli(args + ["--max-steps", str(steps[-1] + 1)]),
+                           progress=False).steps == steps[-1] + 1
+
+
+def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, data_dir,
+                                                                     capsys):
+    """(Each in-process `train` releases its lock: other tests train twice on one run dir.)"""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with preflight.run_lock(str(checkpoints)):  # the other run
+        assert train_cli.main(tiny_args(tmp_path / "run", data_dir, "--max-steps", "1")) == 1
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert f"is in use by another run (pid {os.getpid()} on " in err[0]
+    assert [p.name for p in checkpoints.iterdir()] == [".lock"]  # nothing saved

@@ -1,0 +1,57 @@
+"""Comparing the configs a run asks for with those a checkpoint recorded: which differences
+refuse a restore (model config, STATE_SHAPING) and which only warn (TRAJECTORY)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from trm.config import ModelConfig, flag_name
+from trm.run_config import RunConfig
+
+
+def to_json(config: Any) -> Any:
+    """A dataclass as plain JSON data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+STATE_SHAPING = ("optim.optimizer", "optim.ema", "optim.freeze_weights",
+                 "optim.global_batch_size")
+"""RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry)."""
+
+TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
+              "optim.weight_decay", "optim.puzzle_emb_lr", "optim.puzzle_emb_weight_decay",
+              "optim.ema_rate", "optim.epochs", "optim.lr_batch_scaling",
+              "optim.lr_reference_batch", "data.seed", "data.num_aug", "curriculum.phases",
+              "halting.exploration_start", "halting.exploration_end", "halting.step_penalty")
+"""RunConfig fields that a resumed run may change, though the run then is not the one a single
+uninterrupted run would have been (its schedules, data order or loss change): a warning."""
+
+
+def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[str]:
+    """'--model.field stored X, requested Y' for each differing ModelConfig field.
+
+    A field missing from `stored` (written before the field existed) counts as its default.
+    """
+    wanted = to_json(requested)
+    defaults = to_json(ModelConfig())
+    return [f"{flag_name('model.' + k)} stored {stored.get(k, defaults[k])!r}, requested {v!r}"
+            for k, v in wanted.items() if stored.get(k, defaults[k]) != v]
+
+
+def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None,
+                    paths: tuple[str, ...] = STATE_SHAPING) -> list[str]:
+    """The same for the run settings `paths` ("section.field" or a top-level "field"; none when
+    either side is unknown)."""
+    if stored is None or requested is None:
+        return []
+    wanted, defaults = to_json(requested), to_json(RunConfig())
+
+    def get(tree: dict[str, Any], path: str) -> Any:
+        *section, name = path.split(".")
+        default = defaults[section[0]][name] if section else defaults[name]
+        return (tree.get(section[0], {}) if section else tree).get(name, default)
+
+    return [f"{flag_name(p)} stored {get(stored, p)!r}, requested {get(wanted, p)!r}"
+            for p in paths if get(stored, p) != get(wanted, p)]
