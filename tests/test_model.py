@@ -18,6 +18,7 @@ from trm.models import TRM, network_filter, replace_config
 from trm.models.layers import (
     Linear,
     einsum,
+    gated_silu,
     rope_tables,
     swiglu_intermediate_size,
     trunc_normal,
@@ -258,6 +259,28 @@ def test_low_precision_einsum_backward_keeps_the_dtype(dtype):
         assert got.dtype == jnp.dtype(dtype)
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                    rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_gated_silu_is_the_float32_activation_rounded_once(dtype):
+    """silu(gate) * up and its gradient (hand-written below float32): JAX's float32 values
+    of the official formula, rounded once to the dtype."""
+    kx, kc = jax.random.split(jax.random.key(0))
+    x = (3 * jax.random.normal(kx, (4, 5, 64))).astype(dtype)
+    ct = jax.random.normal(kc, (4, 5, 32)).astype(dtype)
+
+    def official(x):
+        gate, up = jnp.split(x, 2, axis=-1)
+        return jax.nn.silu(gate) * up
+
+    out, vjp = jax.vjp(jax.jit(gated_silu), x)
+    want_out, want_vjp = jax.vjp(official, x.astype(jnp.float32))
+    got, want = vjp(ct)[0], want_vjp(ct.astype(jnp.float32))[0]
+    assert out.dtype == got.dtype == jnp.dtype(dtype)
+    eps = float(jnp.finfo(dtype).eps)  # rounding once: within eps / 2 relative
+    for a, b in ((out, want_out), (got, want)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=eps,
+                                   atol=1e-6 * float(jnp.abs(b).max()))
 
 
 @pytest.mark.parametrize("overrides", [{}, {"mlp_t": True, "pos_encodings": "none"},

@@ -229,7 +229,8 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
-        print(f"devices: the CPU split into {split} XLA devices (--mesh.cpu-devices, --mesh.data)")
+        into = "one XLA device" if split == 1 else f"{split} XLA devices"
+        print(f"devices: the CPU as {into} (--mesh.cpu-devices, --mesh.data)")
     check_batches(cfg, mesh.devices.size)
     if cfg.tracking.track:
         check_repo(cfg.tracking.repo)

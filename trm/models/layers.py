@@ -196,6 +196,49 @@ class Attention(eqx.Module):
         return self.o_proj(attention(q, k, v).reshape(batch, seq_len, width))
 
 
+def _silu_gate(gate_up: Array) -> Array:
+    gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
+    return (jax.nn.silu(gate) * up).astype(gate_up.dtype)
+
+
+_low_precision_silu_gate = jax.custom_vjp(_silu_gate)
+
+
+def _low_precision_silu_gate_fwd(gate_up: Array) -> tuple[Array, Array]:
+    return _silu_gate(gate_up), gate_up
+
+
+def _low_precision_silu_gate_bwd(gate_up: Array, ct: Array) -> tuple[Array]:
+    """d/d[gate | up] in float32, written straight into one array of the forward dtype: the
+    two halves are picked by a select over a [..., 2, inter] view (JAX's own gradient
+    concatenates float32 halves, then rounds: two more passes over the widest activation)."""
+    halves = gate_up.reshape(*gate_up.shape[:-1], 2, -1).astype(jnp.float32)
+    gate, up = halves[..., :1, :], halves[..., 1:, :]
+    ct = ct.astype(jnp.float32)[..., None, :]
+    sig = jax.nn.sigmoid(gate)
+    d_gate = ct * up * sig * (1 + gate * (1 - sig))
+    d_up = ct * gate * sig
+    is_gate = jax.lax.broadcasted_iota(jnp.int32, halves.shape, halves.ndim - 2) == 0
+    return (jnp.where(is_gate, d_gate, d_up).astype(gate_up.dtype).reshape(gate_up.shape),)
+
+
+_low_precision_silu_gate.defvjp(_low_precision_silu_gate_fwd, _low_precision_silu_gate_bwd)
+
+
+def gated_silu(gate_up: Float[Array, "*batch two_inter"]) -> Float[Array, "*batch inter"]:
+    """SwiGLU's activation silu(gate) * up of gate_up = [gate | up] (official layers.py
+    splits the fused gate_up projection in two halves), in float32, rounded once to gate_up's
+    dtype (XLA:CPU would round a bfloat16 chain after every element-wise op).
+
+    Below float32 the gradient is a `custom_vjp` with the same float32 values, rounded once;
+    in float32 JAX's own gradient is kept (XLA:CPU fuses the hand-written one into the weight
+    gradient's transpose, far slower there).
+    """
+    if gate_up.dtype == jnp.float32:
+        return _silu_gate(gate_up)
+    return _low_precision_silu_gate(gate_up)
+
+
 class SwiGLU(eqx.Module):
     """down(silu(gate) * up) with a fused gate_up projection [h -> 2 * inter]."""
 
@@ -209,10 +252,7 @@ class SwiGLU(eqx.Module):
         self.down_proj = Linear(inter, hidden_size, key=k_d)
 
     def __call__(self, x: Float[Array, "*batch h"]) -> Float[Array, "*batch h"]:
-        # silu(gate) * up in float32, rounded once (XLA:CPU rounds a bfloat16 chain after
-        # every element-wise op, each a convert pair)
-        gate, up = jnp.split(self.gate_up_proj(x).astype(jnp.float32), 2, axis=-1)
-        return self.down_proj((jax.nn.silu(gate) * up).astype(x.dtype))
+        return self.down_proj(gated_silu(self.gate_up_proj(x)))
 
 
 class Block(eqx.Module):
