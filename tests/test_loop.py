@@ -195,6 +195,17 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
     assert len(changes) == 2, err
     assert "--seed stored 0, requested 7" in changes[0]
     assert "--optim.lr stored" in changes[1] and "requested 0.00031" in changes[1]
+    # remat (how the gradient is computed) may change freely; the activation dtype (the saved
+    # carry's) and an architecture field refuse, naming the setting
+    again = args + ["--optim.lr", "0.00031", "--seed", "7"]
+    assert train_cli.main(again + ["--max-steps", "4", "--model.remat", "True"]) == 0
+    assert messages(capsys.readouterr().err) == []
+    assert saved_steps(tmp_path / "run")[-1] == 4
+    assert train_cli.main(again + ["--max-steps", "5", "--model.forward-dtype", "bfloat16"]) != 0
+    assert "--model.forward-dtype stored 'float32', requested 'bfloat16'" in \
+        capsys.readouterr().err
+    assert train_cli.main(again + ["--max-steps", "5", "--model.expansion", "3"]) != 0
+    assert "--model.expansion stored 2.0, requested 3.0" in capsys.readouterr().err
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

@@ -38,7 +38,13 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from data.storage import as_path, is_url
 from trm.cli import RunFailed
 from trm.config import ModelConfig, upgrade_model_fields
-from trm.config_diff import TRAJECTORY, config_differences, run_differences, to_json
+from trm.config_diff import (
+    MODEL_TRAJECTORY,
+    TRAJECTORY,
+    config_differences,
+    run_differences,
+    to_json,
+)
 from trm.integrity import all_finite, digest_mismatches, digests
 from trm.run_config import CheckpointConfig, RunConfig
 
@@ -289,9 +295,11 @@ class Checkpointer:
         return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
 
     def setting_changes(self, step: int) -> list[str]:
-        """The TRAJECTORY run settings of this run that differ from those saved with `step`
-        (a step that `restore` accepted)."""
-        return run_differences(self.stored_config(step).get("run"), self._run_config, TRAJECTORY)
+        """The MODEL_TRAJECTORY model fields and TRAJECTORY run settings of this run that differ
+        from those saved with `step` (a step that `restore` accepted)."""
+        stored = self.stored_config(step)
+        return (config_differences(stored["model"], self.model_config, MODEL_TRAJECTORY)
+                + run_differences(stored.get("run"), self._run_config, TRAJECTORY))
 
     def restore_newest_usable(self, template: T, data_iter: grain.DatasetIterator | None = None,
                               sharding: jax.sharding.Sharding | None = None,

@@ -29,15 +29,28 @@ TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
 uninterrupted run would have been (its schedules, data order or loss change): a warning."""
 
 
-def config_differences(stored: dict[str, Any], requested: ModelConfig) -> list[str]:
-    """'--model.field stored X, requested Y' for each differing ModelConfig field.
+MODEL_IMPLEMENTATION = ("remat",)
+"""ModelConfig fields that change how the numbers are computed, not which: free on a resume."""
+
+MODEL_TRAJECTORY = ("act_inference",)
+"""ModelConfig fields a resumed run may change (the evaluation's halting): a warning, as
+TRAJECTORY. (forward_dtype refuses: the saved ACT carry is of that dtype.)"""
+
+
+def config_differences(stored: dict[str, Any], requested: ModelConfig,
+                       fields: tuple[str, ...] | None = None) -> list[str]:
+    """'--model.field stored X, requested Y' for each differing ModelConfig field among `fields`
+    (default: every field but MODEL_IMPLEMENTATION and MODEL_TRAJECTORY, the ones that refuse a
+    restore).
 
     A field missing from `stored` (written before the field existed) counts as its default.
     """
     wanted = to_json(requested)
     defaults = to_json(ModelConfig())
-    return [f"{flag_name('model.' + k)} stored {stored.get(k, defaults[k])!r}, requested {v!r}"
-            for k, v in wanted.items() if stored.get(k, defaults[k]) != v]
+    if fields is None:
+        fields = tuple(k for k in wanted if k not in MODEL_IMPLEMENTATION + MODEL_TRAJECTORY)
+    return [f"{flag_name('model.' + k)} stored {stored.get(k, defaults[k])!r}, "
+            f"requested {wanted[k]!r}" for k in fields if stored.get(k, defaults[k]) != wanted[k]]
 
 
 def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None,
