@@ -114,6 +114,14 @@ def test_each_invalid_flag_is_named(flags):
     assert str(e.value).startswith(flags[0] + " ") and "\n" not in str(e.value)
 
 
+def test_a_data_set_field_is_refused_in_any_spelling():
+    with pytest.raises(ConfigError, match="^--model.seq-len is the data set's"):
+        parse_cli(["sudoku-tiny", "--model.seq_len", "80"])
+    with pytest.raises(ConfigError, match="^--model.vocab-size is the data set's"):
+        parse_cli(["sudoku-tiny", "--model.vocab-size=5"])
+    assert parse_cli(["sudoku-tiny", "--model.seq-len", "81"]).model.seq_len == 81  # no change
+
+
 def test_an_error_names_the_other_fields_it_mentions_as_flags():
     with pytest.raises(ConfigError, match="^--model.num-heads 4 must divide "
                                           "--model.hidden-size 63 "):

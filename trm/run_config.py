@@ -347,12 +347,14 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
         close = difflib.get_close_matches(args[0], PRESETS, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(f"unknown preset {args[0]!r}; {hint}presets: {', '.join(PRESETS)}")
-    data_set_flags = {flag_name(f"model.{name}") for name in DATA_SET_FIELDS}
-    from_data = [a.split("=")[0] for a in args if a.split("=")[0] in data_set_flags]
-    if from_data:
-        raise ConfigError(f"{from_data[0]} is the data set's: training reads it from the data "
-                          "set's metadata (build a data set with other sizes instead)")
     try:
-        return tyro.extras.overridable_config_cli(PRESETS, args=args)
+        cfg = tyro.extras.overridable_config_cli(PRESETS, args=args)
     except ConfigError as e:
         raise flag_error(e, flag_sections()) from None
+    preset = PRESETS[args[0]][1].model if args and args[0] in PRESETS else cfg.model
+    for name in DATA_SET_FIELDS:  # set by a flag, however it was spelled
+        if getattr(cfg.model, name) != getattr(preset, name):
+            raise ConfigError(f"{flag_name('model.' + name)} is the data set's: training reads "
+                              "it from the data set's metadata (build a data set with other "
+                              "sizes instead)")
+    return cfg

@@ -41,6 +41,7 @@ def halt_margin(config: ModelConfig, q_halt: Float[Array, "*B"], q_continue: Flo
     transformer baseline, TRM with ACT continue), else q_halt. It halts where this is > 0."""
     return q_halt - q_continue if config.halts_on_q_continue else q_halt
 
+
 class Carry(eqx.Module):
     """ACT state of a batch: latents, step counters, halting flags and the rows being solved.
 
