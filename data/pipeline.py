@@ -11,6 +11,7 @@ Batches are dicts of numpy arrays: "inputs" int32 [B_local, seq_len], "labels" i
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +24,8 @@ from data.batching import FRESH_AUG, ArcPuzzles, Batch, EpochPlan, GridPuzzles
 from data.common import DataError
 from data.store import DatasetMetadata, load_metadata
 
-__all__ = ["DatasetMetadata", "load_metadata", "train_iterator", "train_dataset",
-           "eval_batches", "eval_dataset", "task_ids", "arc_pairs"]
+__all__ = ["DatasetMetadata", "load_metadata", "train_iterator", "close_iterator",
+           "train_dataset", "eval_batches", "eval_dataset", "task_ids", "arc_pairs"]
 
 NumAug = int | Literal["default", "fresh"]
 
@@ -132,8 +133,30 @@ def _to_iter(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch:
         from absl import flags
         if not flags.FLAGS.is_parsed():     # grain's workers read absl flags (STACK_NOTES)
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                            worker_init_fn=_ignore_interrupts).map(_out_of_shared_memory)
     return it
+
+
+def _out_of_shared_memory(batch: Batch) -> Batch:
+    """A copy of a batch a worker sent: its shared-memory block is freed now, not when the
+    last reference dies (a batch an interrupted step still holds would be reported leaked at
+    exit)."""
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+    """In a Grain worker: Ctrl-C reaches the whole process group, and the parent stops the
+    workers itself (closing its iterator), so a worker does not die with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def close_iterator(it: grain.DatasetIterator) -> None:
+    """Stop an iterator's Grain worker processes and free their shared memory now (Grain
+    otherwise leaves that to garbage collection, and warns of leaked shared_memory at exit)."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
 
 
 def train_iterator(data_dir: Path | str, *, global_batch_size: int, seed: int,
@@ -143,7 +166,8 @@ def train_iterator(data_dir: Path | str, *, global_batch_size: int, seed: int,
                    ) -> grain.DatasetIterator:
     """Iterator over this shard's training batches (see `train_dataset`); `get_state` /
     `set_state` (or grain.checkpoint) restore it exactly. num_workers > 0 adds Grain
-    multiprocess prefetch; num_threads / prefetch set the in-process read threads."""
+    multiprocess prefetch (end it with `close_iterator`); num_threads / prefetch set the
+    in-process read threads."""
     ds = train_dataset(data_dir, global_batch_size=global_batch_size, seed=seed,
                        num_aug=num_aug, epochs=epochs, shard_index=shard_index,
                        shard_count=shard_count)

@@ -4,7 +4,12 @@ semantics end to end, padded evaluation and ARC copies mapped back to the origin
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -17,6 +22,7 @@ from data.common import DataError
 from data.store import read_arc, read_puzzles
 
 KEYS = ("inputs", "labels", "puzzle_identifiers")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +105,38 @@ def test_restore_through_multiprocess_prefetch(dirs):
     fresh = train(dirs["sudoku"], num_workers=1)
     fresh.set_state(state)
     assert same(take(fresh, 3), expected)
+
+
+_HOLD_A_BATCH = """
+import sys, time
+from data.pipeline import close_iterator, train_iterator
+it = train_iterator(sys.argv[1], global_batch_size=8, seed=0, num_workers=1)
+try:
+    batch = next(it)  # a batch from a worker, still held when Ctrl-C comes
+    print("ready", flush=True)
+    time.sleep(120)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+finally:
+    close_iterator(it)
+    del it
+"""
+
+
+def test_ctrl_c_stops_the_worker_processes_quietly(dirs):
+    """Ctrl-C reaches the whole process group: the workers neither print tracebacks nor leave
+    shared memory behind (the resource tracker's "leaked shared_memory" warning at exit)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_A_BATCH, str(dirs["sudoku"])], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (out, proc.returncode) == ("interrupted\n", 0), err
+    assert "Traceback" not in err and "leaked" not in err, err
 
 
 def test_explicit_epochs_drop_the_last_partial_batch(dirs):

@@ -53,22 +53,29 @@ def test_resume_after_sigkill(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("sig, code, word", [
-    (signal.SIGTERM, 143, "terminated"),
-    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow)])
-def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word):
+@pytest.mark.parametrize("sig, code, word, workers", [
+    (signal.SIGTERM, 143, "terminated", 0),
+    pytest.param(signal.SIGINT, 130, "interrupted", 1, marks=pytest.mark.slow)])
+def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, word, workers):
     """SIGTERM (a scheduler's stop) and Ctrl-C mid-run: one line, exit 128 + signal, no crash
-    at exit (a segfault after `interrupted` was seen), and the run goes on when rerun."""
+    at exit (a segfault after `interrupted` was seen), and the run goes on when rerun. Ctrl-C
+    goes to the whole process group, as a terminal sends it, Grain's worker processes
+    included."""
     ensure = train(parse_cli(tiny_args(tmp_path / "data_made", data_dir, "--max-steps", "1")),
                    progress=False)  # the data set exists before the timed part
     assert ensure.steps == 1
-    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1")
+    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "1",
+                     "--data.num-workers", str(workers))
     proc = started_until_first_checkpoint(args, tmp_path / "run" / "checkpoints", text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.send_signal(sig)
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          start_new_session=True)
+    if workers:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
-    assert messages(err)[-1] == word and "Traceback" not in err
+    assert messages(err)[-1] == word and "Traceback" not in err and "leaked" not in err, err
     steps = saved_steps(tmp_path / "run")
     assert steps and train(parse_cli(args + ["--max-steps", str(steps[-1] + 1)]),
                            progress=False).steps == steps[-1] + 1
