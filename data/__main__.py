@@ -18,7 +18,7 @@ from data import build, generate
 from data.arc import SUBSETS
 from data.common import DataError
 from data.maze_gen import default_min_path_length
-from trm.cli import interrupted, sigterm_as_interrupt
+from trm.cli import interrupted, os_error_line, sigterm_as_interrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_run(args))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. the disk filled up while writing
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         return interrupted(e, " (nothing written)")

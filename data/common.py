@@ -57,19 +57,37 @@ def read_json(path: Path) -> Any:
 
 
 def check_output_file(out: str | os.PathLike[str]) -> None:
-    """DataError when the local path `out` cannot become a file: it is a directory. Commands
-    call it on every output before their work starts, so that nothing is half-written."""
-    if not is_url(out) and Path(out).is_dir():
+    """DataError when the local path `out` cannot become a file: it is a directory, or its
+    directory (the nearest one that exists) cannot be written. Commands call it on every output
+    before their work starts, so that nothing is half-written."""
+    if is_url(out):
+        return
+    if Path(out).is_dir():
         raise DataError(f"{out} is a directory; give a file path")
+    _check_parent_writable(Path(out))
+
+
+def _check_parent_writable(out: Path) -> None:
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise DataError(f"cannot write {out}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write {out}: {parent} is not writable"
+                        f"{' (read-only file system)' if _read_only_fs(parent) else ''}")
+
+
+def _read_only_fs(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def check_output_dir(out: str | os.PathLike[str]) -> None:
     """DataError when writing a data set to `out` would destroy something else: `out` is a
-    file, or a non-empty directory that holds no data set (no metadata.json). A data set
-    there is replaced."""
+    file, or a non-empty directory that holds no data set (no metadata.json); or when its
+    directory cannot be written. A data set there is replaced."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a directory for the data set")
+    _check_parent_writable(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "metadata.json").is_file():
         raise DataError(f"{out} is not empty and holds no data set: writing the data set there "
                         "would delete its files; give a new or empty directory")
@@ -118,15 +136,20 @@ def atomic_file(out: str | os.PathLike[str]) -> Iterator[Path]:
         return
     out = Path(out)
     check_output_file(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    except OSError as e:
+        raise DataError(f"cannot write {out}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(name)
     tmp.chmod(0o644)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is not None and Path(e.filename) == tmp:
+            raise DataError(f"cannot write {out}: {e.strerror or e}") from None  # a full disk
         raise
     try:
         os.replace(tmp, out)

@@ -11,6 +11,7 @@ Batches are dicts of numpy arrays: "inputs" int32 [B_local, seq_len], "labels" i
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -134,7 +135,7 @@ def _to_iter(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch:
         if not flags.FLAGS.is_parsed():     # grain's workers read absl flags (STACK_NOTES)
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                            worker_init_fn=_ignore_interrupts).map(_out_of_shared_memory)
+                            worker_init_fn=_stopped_by_the_parent).map(_out_of_shared_memory)
     return it
 
 
@@ -145,10 +146,19 @@ def _out_of_shared_memory(batch: Batch) -> Batch:
     return {k: np.array(v) for k, v in batch.items()}
 
 
-def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
-    """In a Grain worker: Ctrl-C reaches the whole process group, and the parent stops the
-    workers itself (closing its iterator), so a worker does not die with a traceback."""
+def _stopped_by_the_parent(worker_index: int, worker_count: int) -> None:
+    """In a Grain worker: Ctrl-C and a scheduler's SIGTERM reach the whole process group, and
+    the parent stops its workers itself (closing its iterator frees the batches in flight), so
+    a worker ignores them: no traceback, no shared memory left behind. An orphaned worker (its
+    parent killed) still ends on SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getppid() != parent:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def close_iterator(it: grain.DatasetIterator) -> None:

@@ -100,9 +100,30 @@ def load_array(path: Path, *, mmap: bool = True) -> np.ndarray:
 
 
 def check_arrays(data_dir: Path, doc: dict[str, Any]) -> None:
-    """Every array file of the data set opens (header read and size checked, data not read)."""
+    """Every array file of the data set opens (header read and size checked, data not read)
+    and the arrays of one split agree in their number of rows."""
     for path in array_files(data_dir, doc):
         load_array(path)
+    if doc.get("name") == "arc":
+        d = data_dir / "arc"
+        _check_arc_rows(d, {name: load_array(d / f"{name}.npy") for name in ArcArrays._fields})
+    else:
+        for split in doc.get("splits", SPLITS):
+            read_puzzles(data_dir, split)
+
+
+def _check_arc_rows(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The ARC arrays of examples, and those of tasks, agree in their number of rows."""
+    _same_rows(directory, {k: arrays[k] for k in ("grids", "shapes", "task", "split", "index")})
+    _same_rows(directory, {k: arrays[k] for k in ("pool_dihedral", "pool_colours", "pool_count")})
+
+
+def _same_rows(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """DataError unless the arrays (name -> array) have the same number of rows."""
+    if len({a.shape[:1] for a in arrays.values()}) > 1:
+        shapes = ", ".join(f"{name}.npy {a.shape}" for name, a in arrays.items())
+        raise DataError(f"{directory}: arrays of different lengths ({shapes}); rebuild the "
+                        "data set")
 
 
 def write_puzzles(out: Path, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
@@ -114,7 +135,11 @@ def write_puzzles(out: Path, split: str, inputs: np.ndarray, labels: np.ndarray)
 def read_puzzles(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, labels) uint8 tokens [n, seq_len], memory-mapped."""
     d = Path(data_dir) / split
-    return load_array(d / "inputs.npy"), load_array(d / "labels.npy")
+    inputs, labels = load_array(d / "inputs.npy"), load_array(d / "labels.npy")
+    if inputs.ndim != 2 or inputs.shape != labels.shape:
+        raise DataError(f"{d}: inputs.npy {inputs.shape} and labels.npy {labels.shape} are not "
+                        "two [puzzles, seq_len] arrays of one shape; rebuild the data set")
+    return inputs, labels
 
 
 class ArcArrays(NamedTuple):
@@ -142,4 +167,5 @@ def read_arc(data_dir: Path) -> tuple[ArcArrays, list[tuple[str, str]]]:
     """(arrays, [(task id, subset), ...]) of a built ARC data set."""
     d = Path(data_dir) / "arc"
     arrays = ArcArrays(*(load_array(d / f"{name}.npy", mmap=False) for name in ArcArrays._fields))
+    _check_arc_rows(d, arrays._asdict())
     return arrays, [tuple(x) for x in read_json(d / "tasks.json")]

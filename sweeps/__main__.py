@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from data.common import atomic_file
 from trm.cli import exit_process, run_cli
 
 
@@ -122,8 +123,8 @@ def _script(args: argparse.Namespace, argv: Sequence[str]) -> None:
         return
     text = script(runs, "python -m sweeps " + shlex.join(argv))
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        with atomic_file(args.output) as tmp:
+            tmp.write_text(text)
         print(f"wrote {len(runs)} runs to {args.output}")
     else:
         print(text, end="")

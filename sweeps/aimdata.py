@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from trm.tracking import repo_data_dir
+
 
 @dataclasses.dataclass
 class Series:
@@ -57,11 +59,11 @@ def context_key(context: dict[str, Any]) -> str:
 
 
 def open_repo(path: str | Path) -> Any:
-    """The Aim repo at `path` (the folder that holds `.aim`); FileNotFoundError if none."""
+    """The Aim repo at `path` (see `trm.tracking.repo_data_dir`); FileNotFoundError if none."""
     from aim import Repo
 
-    if not (Path(path) / ".aim").is_dir():
-        raise FileNotFoundError(f"no Aim repository at {path} (expected {Path(path) / '.aim'})")
+    if not repo_data_dir(path).is_dir():
+        raise FileNotFoundError(f"no Aim repository at {path} (expected {repo_data_dir(path)})")
     return Repo.from_path(str(path))
 
 

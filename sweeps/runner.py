@@ -27,6 +27,7 @@ from sweeps.launch import bash_launch_line, launch_argv
 from sweeps.scale import scale_cpu
 from trm.presets import PRESETS
 from trm.run_config import RunConfig
+from trm.tracking import repo_data_dir
 
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 MARKER = "DONE"
@@ -237,7 +238,7 @@ def _prepare(runs: Sequence[PlannedRun]) -> None:
         if tracking.track and tracking.repo not in repos and not is_url(tracking.repo):
             # a local repository; aim://host:port is a tracking server's
             repos.add(tracking.repo)
-            if not Path(tracking.repo, ".aim").is_dir():
+            if not repo_data_dir(tracking.repo).is_dir():
                 Path(tracking.repo).mkdir(parents=True, exist_ok=True)
                 Repo.from_path(tracking.repo, init=True)
 

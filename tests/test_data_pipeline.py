@@ -110,11 +110,13 @@ def test_restore_through_multiprocess_prefetch(dirs):
 _HOLD_A_BATCH = """
 import sys, time
 from data.pipeline import close_iterator, train_iterator
+from trm.cli import sigterm_as_interrupt
 it = train_iterator(sys.argv[1], global_batch_size=8, seed=0, num_workers=1)
 try:
-    batch = next(it)  # a batch from a worker, still held when Ctrl-C comes
-    print("ready", flush=True)
-    time.sleep(120)
+    with sigterm_as_interrupt():
+        batch = next(it)  # a batch from a worker, still held when the signal comes
+        print("ready", flush=True)
+        time.sleep(120)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 finally:
@@ -123,15 +125,17 @@ finally:
 """
 
 
-def test_ctrl_c_stops_the_worker_processes_quietly(dirs):
-    """Ctrl-C reaches the whole process group: the workers neither print tracebacks nor leave
-    shared memory behind (the resource tracker's "leaked shared_memory" warning at exit)."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_group_stops_the_worker_processes_quietly(dirs, sig):
+    """Ctrl-C (and a scheduler's SIGTERM) reach the whole process group: the workers neither
+    print tracebacks nor leave shared memory behind (the resource tracker's "leaked
+    shared_memory" warning at exit)."""
     proc = subprocess.Popen([sys.executable, "-c", _HOLD_A_BATCH, str(dirs["sudoku"])], cwd=ROOT,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         assert proc.stdout.readline() == "ready\n", proc.stderr.read()
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -304,4 +308,8 @@ def test_an_incomplete_or_damaged_data_set_is_named_when_its_metadata_is_read(di
         pipeline.load_metadata(copy, "test")
     (copy / file).unlink()
     with pytest.raises(DataError, match=f"{copy / file}: missing, the data set is incomplete"):
+        pipeline.load_metadata(copy)
+    np.save(copy / file, np.load(dirs[kind] / file)[:-1])  # whole, but one row short
+    with pytest.raises(DataError, match=r"(not two .* of one shape|of different lengths).*"
+                                         r"rebuild the data set"):
         pipeline.load_metadata(copy)

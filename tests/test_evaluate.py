@@ -324,6 +324,33 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_unreadable_official_files_and_an_output_under_a_file_are_one_line(
+        checkpoint, sudoku_dir, tmp_path, capsys):
+    """A truncated weights file, a config that does not parse, an output whose directory is a
+    file: one `error:` line naming the file, nothing written."""
+    fixture = FIXTURES / "trm_official_attn_rope.npz"
+    (tmp_path / "bad").mkdir()
+    truncated = tmp_path / "bad" / "weights.npz"
+    truncated.write_bytes(fixture.read_bytes()[:3000])
+    config = tmp_path / "bad" / "all_config.yaml"
+    config.write_text("arch: {name: foo\n")
+    (tmp_path / "bad" / "a_file").write_text("")
+    official = ["--official-weights", str(fixture), "--data-dir", str(sudoku_dir)]
+    for args, message in (
+            (["--official-weights", str(truncated), "--official-config", str(fixture),
+              "--data-dir", str(sudoku_dir)], f"{truncated}: not a readable state dict"),
+            ([*official, "--official-config", str(config)], f"{config}: not a readable config"),
+            ([*official, "--official-config", str(truncated)],
+             f"{truncated}: not a readable config"),
+            (["--checkpoint-dir", str(checkpoint[0]), "--plot",
+              str(tmp_path / "bad" / "a_file" / "p.png")], "a_file is a file")):
+        assert evaluate_cli.main([*args, "--out", str(tmp_path / "res.json"),
+                                  "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
 @pytest.mark.parametrize("flag", ["--out", "--plot", "--arc-submission"])
 def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, tmp_path, capsys,
                                                                      flag):

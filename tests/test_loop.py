@@ -134,7 +134,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir, two_step_run
     assert code == 2 and "--model.hidden-size stored 32, requested 64" in err
     for flags, setting in ((["--optim.global-batch-size", "16"], "global-batch-size stored 8"),
                            (["--optim.optimizer", "adamw"], "optimizer stored 'adam_atan2'"),
-                           (["--optim.no-ema"], "--optim.ema stored True, requested False")):
+                           (["--optim.no-ema"], "--optim.ema stored True, requested False"),
+                           (["--data.num-workers", "1"], "--data.num-workers stored 0, requested 1")):
         assert train_cli.main(args + ["--max-steps", "3", *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and setting in err[0]
@@ -206,6 +207,22 @@ def test_resume_at_or_past_the_last_step(tmp_path, data_dir, two_step_run, capsy
         capsys.readouterr().err
     assert train_cli.main(again + ["--max-steps", "5", "--model.expansion", "3"]) != 0
     assert "--model.expansion stored 2.0, requested 3.0" in capsys.readouterr().err
+    # a fresh run asked for on saved steps stops before training (not at its first save)
+    assert train_cli.main(again + ["--max-steps", "5", "--checkpoint.no-resume"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and "holds checkpoints (steps 3, 4)" in err[0], err
+    assert saved_steps(tmp_path / "run") == [3, 4]
+
+
+def test_a_batch_larger_than_the_whole_schedule_is_refused(tmp_path, data_dir, two_step_run,
+                                                           capsys):
+    """2 epochs of 48 puzzles (their augmented copies included) make no step of 100000: an
+    error before anything is written, not a finished run of 0 steps."""
+    args = tiny_args(tmp_path / "run", data_dir, "--optim.global-batch-size", "100000")
+    assert train_cli.main(args) == 2
+    err = messages(capsys.readouterr().err)
+    assert len(err) == 1 and "make no step of --optim.global-batch-size 100000" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

@@ -156,8 +156,16 @@ def test_cli_bad_input_is_one_line_before_any_replay(tmp_path, capsys):
     truncated.write_bytes(good.read_bytes()[:100_000])
     no_config = tmp_path / "no_config.npz"
     np.savez(no_config, a=np.zeros(2))
+    arrays = dict(np.load(good))
+    no_param = tmp_path / "no_param.npz"
+    np.savez(no_param, **{k: v for k, v in arrays.items() if k != "param/inner.H_init"})
+    no_record = tmp_path / "no_record.npz"
+    np.savez(no_record, **{k: v for k, v in arrays.items() if k != "batch0/inputs"})
     cases = [([str(good), str(truncated)], "not an .npz file"),  # the good one is not replayed
              ([str(no_config)], "not a parity fixture: it has no config_json"),
+             ([str(no_param)], ("not a complete fixture: official state dict lacks parameter "
+                                "'inner.H_init'")),
+             ([str(no_record)], "not a complete fixture: no 'batch0/inputs' recorded"),
              ([str(tmp_path / "missing.npz")], "no such file"),
              ([str(tmp_path)], "a directory; give the fixture files"),
              (["--tolerance", "0", str(good)], "need --tolerance > 0")]

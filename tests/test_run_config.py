@@ -106,7 +106,7 @@ def test_cli_reports_invalid_values():
     ["--model.puzzle-emb-ndim", "200", "--model.puzzle-emb-len", "1"],  # > 1 x hidden 64
     ["--model.seq-len", "80"], ["--model.vocab-size", "5"],  # the data set's
     ["--model.num-puzzle-identifiers", "9"],
-    ["--max-steps", "0"],
+    ["--max-steps", "0"], ["--run-dir", ""],
 ], ids=lambda f: " ".join(f))
 def test_each_invalid_flag_is_named(flags):
     with pytest.raises(ConfigError) as e:

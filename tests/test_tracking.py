@@ -46,3 +46,22 @@ def test_run_reads_back_in_step_order(tmp_path):
     assert run["hparams"]["model"]["hidden_size"] == run_cfg.model.hidden_size
     test_acc = list(repo.query_metrics("metric.context.subset == 'test'").iter())
     assert [m.name for m in test_acc] == ["exact_accuracy"]
+
+
+@pytest.mark.parametrize("spelling", [".aim", "."])
+def test_a_run_is_found_again_under_the_repo_it_was_written_to(tmp_path, monkeypatch, spelling):
+    """The default `--tracking.repo .aim` and `--repo .` are one repository for Aim (it drops a
+    trailing .aim); reopening a run by hash must look where the run was written."""
+    pytest.importorskip("aim")
+    from trm.tracking import open_aim_run, repo_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert repo_data_dir(spelling) == tmp_path / ".aim"
+    assert repo_data_dir(tmp_path / "runs") == tmp_path / "runs" / ".aim"
+    with Tracker.open(TrackingConfig(repo=spelling), RunConfig()) as tracker:
+        run_hash = tracker.run_hash
+    assert (tmp_path / ".aim").is_dir() and not (tmp_path / ".aim" / ".aim").exists()
+    for repo in (".aim", "."):
+        run = open_aim_run(repo, run_hash=run_hash)
+        assert run.hash == run_hash
+        run.close()

@@ -121,6 +121,15 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the environment: a read-only or full disk, a permission
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         return interrupted(e)
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """'PATH: reason' (or the reason alone) for an OSError."""
+    reason = e.strerror or str(e)
+    return f"{e.filename}: {reason}" if e.filename is not None else reason

@@ -17,8 +17,9 @@ def to_json(config: Any) -> Any:
 
 
 STATE_SHAPING = ("optim.optimizer", "optim.ema", "optim.freeze_weights",
-                 "optim.global_batch_size")
-"""RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry)."""
+                 "optim.global_batch_size", "data.num_workers")
+"""RunConfig fields that shape the saved state (optimiser moments, EMA, ACT carry, the data
+iterator's position: Grain records it per worker process)."""
 
 TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
               "optim.weight_decay", "optim.puzzle_emb_lr", "optim.puzzle_emb_weight_decay",

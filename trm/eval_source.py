@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import typing
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -151,19 +152,7 @@ def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such config file")
-    if p.suffix == ".npz":
-        with np.load(p) as f:
-            if "config_json" not in f.files:
-                raise ValueError(f"{p}: no config_json array in this .npz (give --official-config)")
-            doc = json.loads(str(f["config_json"]))
-    elif p.suffix in (".yaml", ".yml"):
-        import yaml  # only official all_config.yaml files need it
-        doc = yaml.safe_load(p.read_text())
-    else:
-        try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
+    doc = _read_config_document(p)
     if not isinstance(doc, dict):
         raise ValueError(f"{p}: expected a mapping of config fields")  # noqa: TRY004 (bad input)
     arch = doc.get("arch")
@@ -173,6 +162,33 @@ def read_official_config(path: str | Path) -> tuple[dict[str, Any], str]:
     loss = arch.get("loss", {}) if isinstance(arch.get("loss"), dict) else {}
     loss_type = loss.get("loss_type") or doc.get("loss_type") or "stablemax_cross_entropy"
     return {k: v for k, v in arch.items() if k != "loss"}, loss_type
+
+
+def _read_config_document(p: Path) -> Any:
+    """The parsed file; ValueError naming it when it does not parse."""
+    def unreadable(e: Exception) -> ValueError:
+        return ValueError(f"{p}: not a readable config ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:160]})")
+
+    if p.suffix == ".npz":
+        try:
+            with np.load(p) as f:
+                if "config_json" not in f.files:
+                    raise ValueError(f"{p}: no config_json array in this .npz (give "
+                                     "--official-config)")
+                return json.loads(str(f["config_json"]))
+        except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            raise unreadable(e) from None
+    if p.suffix in (".yaml", ".yml"):
+        import yaml  # only official all_config.yaml files need it
+        try:
+            return yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise unreadable(e) from None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
 
 
 def import_official(weights: str | Path, config: str | Path | None,

@@ -240,6 +240,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     metadata = load_metadata(data_dir)
     model_cfg = model_config_for(cfg.model, metadata)
     total, eval_every = step_budget(cfg, metadata)
+    if total < 1:
+        raise ValueError(f"--optim.epochs {cfg.optim.epochs} of {data_dir} "
+                         f"({metadata.examples_per_epoch} examples per epoch) make no step of "
+                         f"--optim.global-batch-size {cfg.optim.global_batch_size}: use a "
+                         "smaller batch or more epochs")
     last_step = total if cfg.max_steps is None else min(total, cfg.max_steps)
     o = cfg.optim
     phases = cfg.curriculum.phases or ((0.0, model_cfg.H_cycles, model_cfg.L_cycles),)
@@ -277,6 +282,12 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                                    allow_mismatch=cfg.data.allow_mismatch,
                                    flag="--data.allow-mismatch"))
         state = resume(checkpointer, state, data_iter)
+    elif checkpointer.all_steps():  # a fresh run would stop at its first save, on their steps
+        checkpointer.close()
+        raise ValueError(f"{cfg.checkpoint_dir} holds checkpoints (steps "
+                         f"{', '.join(map(str, checkpointer.all_steps()))}) and "
+                         "--checkpoint.no-resume asks for a fresh run: remove them, or give "
+                         "another --run-dir")
     start = int(state.step)
     if check_resume_point(start, last_step, cfg, total):
         checkpointer.close()

@@ -44,6 +44,7 @@ from trm.config import ModelConfig
 from trm.loss import loss_head
 from trm.models import ACTModel, Carry
 from trm.models.official import (
+    StateDictError,
     config_from_official,
     from_official_state_dict,
     to_official_state_dict,
@@ -97,6 +98,10 @@ def load_fixture(path: str) -> Fixture:
     params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
     records = {k: v for k, v in arrays.items() if not k.startswith("param/")}
     carry_keys = tuple(settings.get("carry_keys", ("z_H", "z_L")))
+    try:
+        from_official_state_dict(params, config)  # every parameter there, of its shape
+    except StateDictError as e:
+        raise ValueError(f"not a complete fixture: {e}") from None
     return Fixture(config, settings, params, records, carry_keys)
 
 
@@ -320,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
 
     worst, failures = 0.0, 0
     for path, fx in fixtures.items():
-        rows = check(fx)
+        try:
+            rows = check(fx)
+        except KeyError as e:
+            print(f"error: {path}: not a complete fixture: no {e} recorded", file=sys.stderr)
+            return 2
         for row in rows:
             allowed = row.allowed(args.tolerance, args.factor)
             bad = row.error > allowed

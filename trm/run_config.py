@@ -86,8 +86,6 @@ class EvalConfig:
     """Global evaluation batch (None: optim.global_batch_size)."""
     evaluators: tuple[Literal["arc"], ...] = ()
     """Extra evaluators (arc: augmentation voting, pass@K, Kaggle submission)."""
-    save_outputs: tuple[str, ...] = ()
-    """Outputs to save per evaluation (e.g. inputs, labels, logits, q_halt_logits)."""
     average_last_k: int = 1
     """Evaluate the average of the last k saved checkpoints' weights (1: the current ones)."""
 
@@ -118,7 +116,8 @@ class CheckpointConfig:
     async_save: bool = True
     """Write checkpoints in a background thread."""
     resume: bool = True
-    """Resume from the latest checkpoint in dir when there is one."""
+    """Resume from the latest checkpoint in dir when there is one (--checkpoint.no-resume: a
+    fresh run, refused when dir holds checkpoints)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "every_n_steps", 1)
@@ -294,6 +293,8 @@ class RunConfig:
                 "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
                 f"evaluated set ({', '.join(e.eval_sets)}), e.g. test/exact_accuracy")
         _at_least(self, "max_steps", 1)
+        require(self.run_dir.strip() != "", self, "run_dir",
+                f"must name a directory, got {self.run_dir!r}")
         for phase in self.curriculum.phases:  # each phase must be a valid model config too
             try:
                 phase_config(self.model, phase)

@@ -35,12 +35,22 @@ def run_name(cfg: TrackingConfig) -> str:
     return cfg.run_name or f"{cfg.experiment or 'trm'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
+def repo_data_dir(repo: str | Path) -> Path:
+    """The directory holding a local Aim repository's data: `<root>/.aim`, where root is `repo`
+    less a trailing ".aim" (Aim's own rule, `aim.sdk.utils.clean_repo_path`: `--repo .aim` and
+    `--repo .` name one repository)."""
+    from aim.sdk.utils import clean_repo_path
+
+    return Path(clean_repo_path(repo), ".aim")
+
+
 def check_repo(repo: str) -> None:
-    """ValueError when the local Aim repository path `repo` cannot hold one (it, or its .aim,
-    is a file); checked before a run starts."""
+    """ValueError when the local Aim repository path `repo` cannot hold one (its root or data
+    directory is a file); checked before a run starts."""
     if repo.startswith("aim://"):
         return
-    for path in (Path(repo), Path(repo, ".aim")):
+    data = repo_data_dir(repo)
+    for path in (data.parent, data):
         if path.exists() and not path.is_dir():
             raise ValueError(f"Aim repository {repo}: {path} is a file, not a directory")
 
@@ -53,7 +63,7 @@ def open_aim_run(repo: str, **kwargs: Any) -> Any:
 
     check_repo(repo)
     if ("run_hash" in kwargs and not repo.startswith("aim://")
-            and not Path(repo, ".aim").is_dir()):  # aim.Run would create an empty repository
+            and not repo_data_dir(repo).is_dir()):  # aim.Run would create an empty repository
         raise ValueError(f"no Aim repository at {repo} (for run {kwargs['run_hash']})")
     try:
         return aim.Run(repo=repo, system_tracking_interval=None, capture_terminal_logs=False,

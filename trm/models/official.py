@@ -11,6 +11,8 @@ trm family `inner.L_level`, hrm `inner.H_level` and `inner.L_level`, transformer
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -185,13 +187,19 @@ def _check_shape(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a state dict from `.npz` (keys optionally prefixed `param/`) or a torch `.pt`."""
     path = os.fspath(path)
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            return {k.removeprefix("param/"): f[k] for k in f.files
-                    if k.startswith(("param/", "inner.", "_orig_mod.", "model."))}
+    if not path.endswith(".npz"):
+        try:
+            import torch
+        except ImportError as e:
+            raise StateDictError(f"{path}: reading PyTorch checkpoints needs torch installed") from e
     try:
-        import torch
-    except ImportError as e:
-        raise StateDictError(f"{path}: reading PyTorch checkpoints needs torch installed") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in sd.items()}
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                return {k.removeprefix("param/"): f[k] for k in f.files
+                        if k.startswith(("param/", "inner.", "_orig_mod.", "model."))}
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in sd.items()}
+    except (OSError, EOFError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as e:  # a truncated zip, a pickle error: not a state dict
+        raise StateDictError(f"{path}: not a readable state dict ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
