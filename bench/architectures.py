@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 
 import jax
 from train_step import bench
 
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 from trm.models import build_model, network_filter
 from trm.presets import PRESETS
 
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

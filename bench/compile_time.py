@@ -9,13 +9,14 @@ grow with H_cycles x L_cycles. Sudoku shapes (seq 81, vocab 11), attention and m
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 from trm.config import ModelConfig
 from trm.loss import step_loss
 from trm.models import build_model, network_filter
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

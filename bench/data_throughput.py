@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build, generate, pipeline
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 
 
 def du(path: Path) -> int:
@@ -92,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

@@ -13,6 +13,7 @@ Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -24,7 +25,7 @@ from train_step import (
     split_host,
 )
 
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 from trm.config import ModelConfig
 from trm.eval_run import evaluate_stream
 from trm.models import build_model
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

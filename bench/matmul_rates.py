@@ -16,12 +16,13 @@ step split over the cores, start one copy per core at the same moment, e.g.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 from trm.models.layers import einsum, swiglu_intermediate_size
 
 
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

@@ -19,6 +19,7 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from trm.cli import positive_int
+from trm.cli import positive_int, run_cli
 from trm.config import ModelConfig
 from trm.models import build_model
 from trm.models.layers import swiglu_intermediate_size
@@ -140,6 +141,9 @@ def main() -> None:
                         choices=["attention", "mlp_t"])
     args = parser.parse_args()
     split_host(args)
+    devices = args.devices or jax.device_count()
+    if args.batch % devices:
+        raise ValueError(f"--batch {args.batch} must be a multiple of the {devices} devices")
     peak = matmul_flops_per_second()
     print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} "
           f"batch={args.batch} load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
@@ -164,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda _: main(), sys.argv[1:]))  # bad input: one `error:` line

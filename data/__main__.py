@@ -18,7 +18,7 @@ from data import build, generate
 from data.arc import SUBSETS
 from data.common import DataError
 from data.maze_gen import default_min_path_length
-from trm.cli import interrupted, os_error_line, sigterm_as_interrupt
+from trm.cli import interrupted, os_error_line, positive_int, sigterm_as_interrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     gm.add_argument("--allow-ties", action="store_true",
                     help="keep mazes with several shortest paths")
     for q in (gs, gm):
-        q.add_argument("--count", type=int, required=True)
+        q.add_argument("--count", type=positive_int, required=True)
         q.add_argument("--out", type=Path, required=True, help="CSV file to write")
         q.add_argument("--seed", type=int, default=0)
     return p

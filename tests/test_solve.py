@@ -93,6 +93,11 @@ def test_maze_file(tmp_path):
     path.write_text("#S#\n# G\n")
     with pytest.raises(ValueError, match="N lines of N"):
         maze_puzzle(path)
+    (tmp_path / "maze.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=r"maze.bin: not a text file"):
+        maze_puzzle(tmp_path / "maze.bin")
+    with pytest.raises(ValueError, match="is a directory; give a maze file"):
+        maze_puzzle(tmp_path)
     path.write_bytes(("\ufeff" + "\n".join(MAZE_Q) + "\n\n\n").encode())      # BOM, blank tail
     assert (maze_puzzle(path).inputs == puzzle.inputs).all()
     assert (maze_puzzle(path).labels == IGNORE_LABEL_ID).all()            # no path given

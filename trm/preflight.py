@@ -155,6 +155,7 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> Path:
     """The local data directory: generated first when the config asks for a synthetic set
     (with progress bars on process 0), a local copy when data_dir is a URL
     (`data.storage.local_copy`)."""
+    from data.common import check_output_dir
     from data.generate import ensure_tiny_dataset
 
     d = cfg.data
@@ -163,6 +164,7 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> Path:
     if d.generate != "none":
         kind = d.generate.removesuffix("-tiny")
         if not (Path(d.data_dir) / "metadata.json").is_file() and jax.process_index() == 0:
+            check_output_dir(d.data_dir)  # a file or a foreign directory: refused first
             print(f"data: generating {d.num_train} + {d.num_test} {kind} puzzles into "
                   f"{d.data_dir} (once; later runs read them)", flush=True)
         ensure_tiny_dataset(kind, Path(d.data_dir), train_count=d.num_train,

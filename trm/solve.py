@@ -62,9 +62,15 @@ def maze_puzzle(path: str | Path) -> Puzzle:
     """Maze chars "# SGo" -> tokens 1..5; path cells ('o') become the target. Checked as
     `python -m data build` checks a CSV row (`data.validate.maze`); ValueError if bad."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory; give a maze file")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such maze file")
-    rows = p.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        rows = p.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a text file; a maze is N lines of N characters from "
+                         f"{MAZE_CHARSET!r}") from None
     while rows and not rows[-1]:
         rows.pop()
     n = len(rows)
