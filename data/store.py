@@ -100,8 +100,8 @@ def load_array(path: Path, *, mmap: bool = True) -> np.ndarray:
 
 
 def check_arrays(data_dir: Path, doc: dict[str, Any]) -> None:
-    """Every array file of the data set opens (header read and size checked, data not read)
-    and the arrays of one split agree in their number of rows."""
+    """Every array file of the data set opens (header read and size checked), the arrays of
+    one split agree in their number of rows, and Sudoku / maze tokens are below vocab_size."""
     for path in array_files(data_dir, doc):
         load_array(path)
     if doc.get("name") == "arc":
@@ -109,7 +109,12 @@ def check_arrays(data_dir: Path, doc: dict[str, Any]) -> None:
         _check_arc_rows(d, {name: load_array(d / f"{name}.npy") for name in ArcArrays._fields})
     else:
         for split in doc.get("splits", SPLITS):
-            read_puzzles(data_dir, split)
+            for name, tokens in zip(("inputs", "labels"), read_puzzles(data_dir, split),
+                                    strict=True):
+                if tokens.size and int(tokens.max()) >= doc["vocab_size"]:
+                    raise DataError(f"{data_dir / split / name}.npy holds token "
+                                    f"{int(tokens.max())}, outside the data set's vocab_size "
+                                    f"{doc['vocab_size']}; rebuild the data set")
 
 
 def _check_arc_rows(directory: Path, arrays: dict[str, np.ndarray]) -> None:

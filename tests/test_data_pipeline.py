@@ -309,6 +309,13 @@ def test_an_incomplete_or_damaged_data_set_is_named_when_its_metadata_is_read(di
     (copy / file).unlink()
     with pytest.raises(DataError, match=f"{copy / file}: missing, the data set is incomplete"):
         pipeline.load_metadata(copy)
+    if kind != "arc":
+        tokens = np.load(dirs[kind] / file)
+        np.save(copy / file, np.where(np.arange(tokens.size).reshape(tokens.shape) == 7, 200,
+                                      tokens).astype(tokens.dtype))
+        with pytest.raises(DataError, match=f"{copy / file} holds token 200, outside the data "
+                                            "set's vocab_size"):
+            pipeline.load_metadata(copy)
     np.save(copy / file, np.load(dirs[kind] / file)[:-1])  # whole, but one row short
     with pytest.raises(DataError, match=r"(not two .* of one shape|of different lengths).*"
                                          r"rebuild the data set"):
