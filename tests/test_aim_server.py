@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from test_multihost import ROOT, _free_port, two_processes
 
+import train as train_cli
+
 aim = pytest.importorskip("aim")
 AIM = str(Path(sys.executable).parent / "aim")
 
@@ -125,3 +127,11 @@ def test_an_unreachable_server_is_a_one_line_error(tmp_path, capsys):
     port = _free_port()  # nothing listens there
     with pytest.raises(ValueError, match=f"cannot reach the Aim server aim://127.0.0.1:{port}"):
         open_aim_run(f"aim://127.0.0.1:{port}", experiment="x")
+    # train.py finds out before its run directory is created
+    run = tmp_path / "run"
+    assert train_cli.main(["sudoku-tiny", "--run-dir", str(run), "--data.data-dir",
+                           str(tmp_path / "data"), "--tracking.repo",
+                           f"aim://127.0.0.1:{port}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: cannot reach the Aim server"), err
+    assert not run.exists()

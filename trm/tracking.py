@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,8 +48,16 @@ def repo_data_dir(repo: str | Path) -> Path:
 
 def check_repo(repo: str) -> None:
     """ValueError when the local Aim repository path `repo` cannot hold one (its root or data
-    directory is a file); checked before a run starts."""
+    directory is a file), or when nothing listens at an `aim://host:port` server's address;
+    checked before a run starts."""
     if repo.startswith("aim://"):
+        host, _, port = repo.removeprefix("aim://").rstrip("/").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ValueError(f"cannot reach the Aim server {repo} ({reason}); start it with "
+                             "`aim server --repo DIR --host HOST --port PORT`") from None
         return
     data = repo_data_dir(repo)
     for path in (data.parent, data):
@@ -65,6 +75,9 @@ def open_aim_run(repo: str, **kwargs: Any) -> Any:
     if ("run_hash" in kwargs and not repo.startswith("aim://")
             and not repo_data_dir(repo).is_dir()):  # aim.Run would create an empty repository
         raise ValueError(f"no Aim repository at {repo} (for run {kwargs['run_hash']})")
+    transport_log = logging.getLogger("aim.ext.transport")  # its failure is our one line
+    level = transport_log.level
+    transport_log.setLevel(logging.CRITICAL)
     try:
         return aim.Run(repo=repo, system_tracking_interval=None, capture_terminal_logs=False,
                        **kwargs)
@@ -73,6 +86,8 @@ def open_aim_run(repo: str, **kwargs: Any) -> Any:
             raise ValueError(f"cannot reach the Aim server {repo} ({e}); start it with "
                              f"`aim server --repo DIR --host HOST --port PORT`") from None
         raise
+    finally:
+        transport_log.setLevel(level)
 
 
 class Tracker:
