@@ -68,12 +68,20 @@ def check_output_file(out: str | os.PathLike[str]) -> None:
 
 
 def _check_parent_writable(out: Path) -> None:
-    parent = next(p for p in out.absolute().parents if p.exists())
-    if not parent.is_dir():
-        raise DataError(f"cannot write {out}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write {out}: {parent} is not writable"
-                        f"{' (read-only file system)' if _read_only_fs(parent) else ''}")
+    check_can_write_in(out.parent, name=out)
+
+
+def check_can_write_in(directory: str | os.PathLike[str], name: object = None) -> None:
+    """DataError (naming `name`, default the directory) unless files can be created in the
+    local `directory`, or, where it does not exist yet, in its nearest existing parent."""
+    directory = Path(directory).absolute()
+    place = next(p for p in (directory, *directory.parents) if p.exists())
+    name = directory if name is None else name
+    if not place.is_dir():
+        raise DataError(f"cannot write {name}: {place} is a file")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write {name}: {place} is not writable"
+                        f"{' (read-only file system)' if _read_only_fs(place) else ''}")
 
 
 def _read_only_fs(path: Path) -> bool:

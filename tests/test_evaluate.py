@@ -304,6 +304,7 @@ def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
     (["--checkpoint-dir", "{ckpt}", "--split", "validation"], "unknown split"),
     (["--checkpoint-dir", "{ckpt}", "--batch-size", "3"], "multiple of the 8 devices"),
     (["--checkpoint-dir", "{ckpt}", "--official-weights", "x.npz"], "exactly one"),
+    (["--checkpoint-dir", "{ckpt}", "--official-config", "x.yaml"], "describes --official-w"),
     (["--official-weights", "{tmp}/w.pt", "--data-dir", "{data}"], "no such weights file"),
     (["--checkpoint-dir", "{ckpt}", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--checkpoint-dir", "{ckpt}", "--mesh.data", "9"], "--mesh.data 9: 8 device(s) available"),

@@ -65,3 +65,14 @@ def test_a_run_is_found_again_under_the_repo_it_was_written_to(tmp_path, monkeyp
         run = open_aim_run(repo, run_hash=run_hash)
         assert run.hash == run_hash
         run.close()
+
+
+def test_a_repository_that_cannot_be_written_is_refused_before_the_run(tmp_path):
+    from data.common import DataError
+    from trm.tracking import check_repo
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DataError, match="cannot write to the Aim repository .*a_file is a file"):
+        check_repo(str(tmp_path / "a_file" / "aim"))
+    check_repo(str(tmp_path / "new" / "aim"))  # created later, where it can be
+    assert not (tmp_path / "new").exists()

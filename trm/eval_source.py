@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import typing
 import zipfile
 from pathlib import Path
@@ -168,7 +169,7 @@ def _read_config_document(p: Path) -> Any:
     """The parsed file; ValueError naming it when it does not parse."""
     def unreadable(e: Exception) -> ValueError:
         return ValueError(f"{p}: not a readable config ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:160]})")
+                          f"{textwrap.shorten(str(e), 160)})")
 
     if p.suffix == ".npz":
         try:
@@ -220,6 +221,9 @@ def load_model(source: ModelSource, *, data_metadata: Any | None = None,
     """The model named by `source` (exactly one of checkpoint_dir / official_weights)."""
     if (source.checkpoint_dir is None) == (source.official_weights is None):
         raise ValueError("give exactly one of --checkpoint-dir and --official-weights")
+    if source.official_config is not None and source.official_weights is None:
+        raise ValueError("--official-config describes --official-weights; a checkpoint "
+                         "records its own config")
     if source.checkpoint_dir is not None:
         loaded = restore_checkpoint(source.checkpoint_dir, source.step, source.raw_weights,
                                     sharding)

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from data.common import check_can_write_in
 from trm.run_config import RunConfig, TrackingConfig
 
 TRAIN: dict[str, str] = {"subset": "train"}
@@ -63,6 +64,7 @@ def check_repo(repo: str) -> None:
     for path in (data.parent, data):
         if path.exists() and not path.is_dir():
             raise ValueError(f"Aim repository {repo}: {path} is a file, not a directory")
+    check_can_write_in(data, name=f"to the Aim repository {repo}")
 
 
 def open_aim_run(repo: str, **kwargs: Any) -> Any:
