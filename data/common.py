@@ -64,11 +64,7 @@ def check_output_file(out: str | os.PathLike[str]) -> None:
         return
     if Path(out).is_dir():
         raise DataError(f"{out} is a directory; give a file path")
-    _check_parent_writable(Path(out))
-
-
-def _check_parent_writable(out: Path) -> None:
-    check_can_write_in(out.parent, name=out)
+    check_can_write_in(Path(out).parent, name=out)
 
 
 def check_can_write_in(directory: str | os.PathLike[str], name: object = None) -> None:
@@ -95,7 +91,7 @@ def check_output_dir(out: str | os.PathLike[str]) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; give a directory for the data set")
-    _check_parent_writable(out)
+    check_can_write_in(out.parent, name=out)
     if out.is_dir() and any(out.iterdir()) and not (out / "metadata.json").is_file():
         raise DataError(f"{out} is not empty and holds no data set: writing the data set there "
                         "would delete its files; give a new or empty directory")

@@ -25,8 +25,8 @@ from data.batching import FRESH_AUG, ArcPuzzles, Batch, EpochPlan, GridPuzzles
 from data.common import DataError
 from data.store import DatasetMetadata, load_metadata
 
-__all__ = ["DatasetMetadata", "load_metadata", "train_iterator", "close_iterator",
-           "train_dataset", "eval_batches", "eval_dataset", "task_ids", "arc_pairs"]
+__all__ = ["DatasetMetadata", "load_metadata", "train_iterator", "train_dataset",
+           "eval_batches", "eval_dataset", "task_ids", "arc_pairs"]
 
 NumAug = int | Literal["default", "fresh"]
 
@@ -161,14 +161,6 @@ def _stopped_by_the_parent(worker_index: int, worker_count: int) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def close_iterator(it: grain.DatasetIterator) -> None:
-    """Stop an iterator's Grain worker processes and free their shared memory now (Grain
-    otherwise leaves that to garbage collection, and warns of leaked shared_memory at exit)."""
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-
-
 def train_iterator(data_dir: Path | str, *, global_batch_size: int, seed: int,
                    num_aug: NumAug = "default", epochs: int | None = None,
                    shard_index: int | None = None, shard_count: int | None = None,
@@ -176,8 +168,9 @@ def train_iterator(data_dir: Path | str, *, global_batch_size: int, seed: int,
                    ) -> grain.DatasetIterator:
     """Iterator over this shard's training batches (see `train_dataset`); `get_state` /
     `set_state` (or grain.checkpoint) restore it exactly. num_workers > 0 adds Grain
-    multiprocess prefetch (end it with `close_iterator`); num_threads / prefetch set the
-    in-process read threads."""
+    multiprocess prefetch (`close()` it when done: it stops the worker processes and frees
+    their shared memory, which Grain otherwise leaves to garbage collection); num_threads /
+    prefetch set the in-process read threads."""
     ds = train_dataset(data_dir, global_batch_size=global_batch_size, seed=seed,
                        num_aug=num_aug, epochs=epochs, shard_index=shard_index,
                        shard_count=shard_count)

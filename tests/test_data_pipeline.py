@@ -109,7 +109,7 @@ def test_restore_through_multiprocess_prefetch(dirs):
 
 _HOLD_A_BATCH = """
 import sys, time
-from data.pipeline import close_iterator, train_iterator
+from data.pipeline import train_iterator
 from trm.cli import sigterm_as_interrupt
 it = train_iterator(sys.argv[1], global_batch_size=8, seed=0, num_workers=1)
 try:
@@ -120,7 +120,7 @@ try:
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 finally:
-    close_iterator(it)
+    it.close()
     del it
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_data_fixtures import built_arc, built_sudoku
-from test_evaluate import save_tiny_checkpoint
+from test_evaluate_cli import save_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

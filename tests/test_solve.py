@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_config, tiny_model
 from matplotlib.image import imread
 from test_data_fixtures import MAZE_A, MAZE_Q, built_arc, built_sudoku, solved_sudoku
-from test_evaluate import save_tiny_checkpoint
+from test_evaluate_cli import save_tiny_checkpoint
 
 import evaluate as evaluate_cli
 from data.arc import identifier_starts

@@ -14,7 +14,7 @@ import pytest
 from etils import epath
 from fsspec.implementations.local import LocalFileSystem
 from test_data_fixtures import built_sudoku
-from test_evaluate import save_tiny_checkpoint
+from test_evaluate_cli import save_tiny_checkpoint
 
 import evaluate as evaluate_cli
 from data.common import atomic_file

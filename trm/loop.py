@@ -222,7 +222,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
 
 def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainResult:
     from data import fingerprint
-    from data.pipeline import close_iterator, load_metadata, train_iterator
+    from data.pipeline import load_metadata, train_iterator
 
     cfg = with_absolute_data_dir(cfg)
     split = split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
@@ -270,7 +270,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,
                                seed=cfg.data.seed, num_aug=cfg.data.num_aug,
                                num_workers=cfg.data.num_workers)
-    held.callback(close_iterator, data_iter)
+    held.callback(data_iter.close)  # stops the Grain workers, frees their shared memory
 
     held.enter_context(run_lock(cfg.checkpoint_dir))  # all checks passed: the run starts
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,

@@ -1,0 +1,211 @@
+"""`python evaluate.py` on a checkpoint (EMA vs raw weights, JSON, PNG, Aim) and on official
+weights, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import pytest
+from helpers import FIXTURES, damage_step
+from test_data_fixtures import built_sudoku
+
+import evaluate as evaluate_cli
+from data import fingerprint
+from data.pipeline import load_metadata
+from trm.checkpoint import Checkpointer
+from trm.eval_run import evaluate_split
+from trm.loop import model_config_for
+from trm.models import TRM
+from trm.optim import build_optimizer, build_schedules
+from trm.run_config import CheckpointConfig, parse_cli
+from trm.train_step import eval_model, init_train_state, make_mesh
+
+
+def save_tiny_checkpoint(root: Path, data_dir: Path, step: int = 7):
+    """A train.py-style checkpoint of an untrained tiny Sudoku model whose raw weights differ
+    from their EMA. Returns (checkpoint dir, state)."""
+    cfg = parse_cli(["sudoku-tiny", "--no-track", "--run-dir", str(root), "--data.data-dir",
+                     str(data_dir), "--model.hidden-size", "32", "--model.num-heads", "2",
+                     "--model.H-cycles", "1", "--model.L-cycles", "1",
+                     "--model.halt-max-steps", "3", "--optim.global-batch-size", "8",
+                     "--eval.batch-size", "8"])
+    model_cfg = model_config_for(cfg.model, load_metadata(data_dir))
+    lr, _ = build_schedules(cfg.optim, 10)
+    state = init_train_state(TRM(model_cfg, key=jax.random.key(3)),
+                             build_optimizer(cfg.optim, lr), 8, jax.random.key(4), ema=True)
+    state = eqx.tree_at(lambda s: s.model.lm_head.weight, state, -2 * state.model.lm_head.weight)
+    with Checkpointer(cfg.checkpoint_dir, CheckpointConfig(async_save=False), model_cfg,
+                      cfg, data_fingerprint=fingerprint.read(data_dir)) as checkpointer:
+        checkpointer.save(step, state, force=True)
+    return Path(cfg.checkpoint_dir), state
+
+
+@pytest.fixture(scope="module")
+def sudoku_dir(tmp_path_factory):
+    return built_sudoku(tmp_path_factory.mktemp("sudoku"), n_train=16, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, sudoku_dir):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run"), sudoku_dir)
+
+
+def test_cli_evaluates_ema_or_raw_weights_of_a_checkpoint(checkpoint, sudoku_dir, tmp_path):
+    aim = pytest.importorskip("aim")
+    from aim.sdk.index_manager import RepoIndexManager
+
+    ckpt, state = checkpoint
+    out = tmp_path / "res.json"
+    common = ["--checkpoint-dir", str(ckpt), "--no-progress", "--out"]
+    assert evaluate_cli.main(common + [str(out), "--track", "--aim-repo",
+                                       str(tmp_path / "aim")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["source"]["step"] == 7 and doc["source"]["weights"] == "ema"
+    test = doc["sets"]["test"]
+    assert test["puzzles"] == 20 and test["metrics"]["count"] == 20
+    assert len(test["per_step"]["exact_accuracy_at_step"]) == 3
+    png = (tmp_path / "res_per_step.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    expected = {"ema": eval_model(state), "raw": state.model}
+    direct = {w: evaluate_split(m, sudoku_dir, "test", make_mesh(), batch_size=8).metrics
+              for w, m in expected.items()}
+    assert test["metrics"] == direct["ema"]
+    assert evaluate_cli.main(common + [str(tmp_path / "raw.json"), "--raw-weights"]) == 0
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["source"]["weights"] == "raw" and raw["sets"]["test"]["metrics"] == direct["raw"]
+    assert direct["raw"]["lm_loss"] != direct["ema"]["lm_loss"]
+
+    repo = aim.Repo.from_path(str(tmp_path / "aim"))
+    RepoIndexManager.get_index_manager(repo).index(doc["aim_run"])
+    found = {m.name: m for m in repo.query_metrics(
+        "metric.context.source == 'evaluate' and metric.context.set == 'test'").iter()}
+    steps, (values, _, _) = found["exact_accuracy"].data.items_list()
+    assert list(steps) == [7] and values[0] == test["metrics"]["exact_accuracy"]
+    steps, (values, _, _) = found["exact_accuracy_at_step"].data.items_list()
+    assert list(steps) == [1, 2, 3]
+
+
+def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
+    fixture = FIXTURES / "trm_official_attn_rope.npz"
+    out = tmp_path / "official.json"
+    assert evaluate_cli.main(["--official-weights", str(fixture), "--data-dir",
+                              str(sudoku_dir), "--batch-size", "8", "--no-progress",
+                              "--halt-max-steps", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["source"]["weights"] == "official" and doc["source"]["model"]["hidden_size"] == 64
+    assert len(doc["sets"]["test"]["per_step"]["exact_accuracy_at_step"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint-dir", "{tmp}/nowhere"], "no such checkpoint directory"),
+    (["--checkpoint-dir", "{ckpt}", "--step", "3"], "no step 3"),
+    (["--checkpoint-dir", "{ckpt}", "--split", "validation"], "unknown split"),
+    (["--checkpoint-dir", "{ckpt}", "--batch-size", "3"], "multiple of the 8 devices"),
+    (["--checkpoint-dir", "{ckpt}", "--official-weights", "x.npz"], "exactly one"),
+    (["--checkpoint-dir", "{ckpt}", "--official-config", "x.yaml"], "describes --official-w"),
+    (["--official-weights", "{tmp}/w.pt", "--data-dir", "{data}"], "no such weights file"),
+    (["--checkpoint-dir", "{ckpt}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--mesh.data", "9"], "--mesh.data 9: 8 device(s) available"),
+    (["--checkpoint-dir", "{ckpt}", "--mesh.data", "0"], "--mesh.data must be -1 or >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "9"], "--mesh.data 9: 8 device(s) available"),
+    (["--checkpoint-dir", "{ckpt}", "--devices", "0"], "--devices must be >= 1"),
+    (["--checkpoint-dir", "{ckpt}", "--halt-max-steps", "0"], "--halt-max-steps must be"),
+    (["--checkpoint-dir", "{ckpt}", "--step", "-1"], "--step must be >= 0"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_path, capsys,
+                                                  args, message):
+    fill = {"tmp": str(tmp_path), "ckpt": str(checkpoint[0]), "data": str(sudoku_dir)}
+    out = tmp_path / "res.json"
+    rc = evaluate_cli.main([a.format(**fill) for a in args] + ["--out", str(out),
+                                                               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and message in err and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_unreadable_official_files_and_an_output_under_a_file_are_one_line(
+        checkpoint, sudoku_dir, tmp_path, capsys):
+    """A truncated weights file, a config that does not parse, an output whose directory is a
+    file: one `error:` line naming the file, nothing written."""
+    fixture = FIXTURES / "trm_official_attn_rope.npz"
+    (tmp_path / "bad").mkdir()
+    truncated = tmp_path / "bad" / "weights.npz"
+    truncated.write_bytes(fixture.read_bytes()[:3000])
+    config = tmp_path / "bad" / "all_config.yaml"
+    config.write_text("arch: {name: foo\n")
+    (tmp_path / "bad" / "a_file").write_text("")
+    official = ["--official-weights", str(fixture), "--data-dir", str(sudoku_dir)]
+    for args, message in (
+            (["--official-weights", str(truncated), "--official-config", str(fixture),
+              "--data-dir", str(sudoku_dir)], f"{truncated}: not a readable state dict"),
+            ([*official, "--official-config", str(config)], f"{config}: not a readable config"),
+            ([*official, "--official-config", str(truncated)],
+             f"{truncated}: not a readable config"),
+            (["--checkpoint-dir", str(checkpoint[0]), "--plot",
+              str(tmp_path / "bad" / "a_file" / "p.png")], "a_file is a file")):
+        assert evaluate_cli.main([*args, "--out", str(tmp_path / "res.json"),
+                                  "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--plot", "--arc-submission"])
+def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, tmp_path, capsys,
+                                                                     flag):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",
+            str(tmp_path / "res.json"), flag, str(taken)]
+    assert evaluate_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {taken} is a directory; give a file path"
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(taken.iterdir())
+
+
+def test_aim_run_in_a_missing_repository_creates_nothing(checkpoint, tmp_path, capsys):
+    repo = tmp_path / "no_aim"
+    args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",
+            str(tmp_path / "res.json"), "--aim-run", "deadbeef", "--aim-repo", str(repo)]
+    assert evaluate_cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"error: no Aim repository at {repo} "
+                                               "(for run deadbeef)")
+    assert not repo.exists()
+
+
+def test_a_missing_training_data_set_is_one_error(sudoku_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sudoku_dir, data)
+    ckpt, _ = save_tiny_checkpoint(tmp_path / "run", data)
+    shutil.rmtree(data)
+    out = tmp_path / "res.json"
+    assert evaluate_cli.main(["--checkpoint-dir", str(ckpt), "--no-progress", "--out",
+                              str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the training run's data set, {data}") and "\n" not in err
+    assert "give --data-dir" in err and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["flip_bit"])  # the others: test_checkpoint.py
+def test_damaged_latest_step_falls_back_then_one_error(checkpoint, tmp_path, capsys, kind):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[0], ckpt)
+    shutil.copytree(ckpt / "7", ckpt / "9")  # a newer step with the same content
+    damage_step(ckpt / "9", kind)
+    out = tmp_path / "res.json"
+    args = ["--checkpoint-dir", str(ckpt), "--no-progress", "--out", str(out)]
+    assert evaluate_cli.main(args) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(notices) == 1 and notices[0].startswith("notice: checkpoint step 9 is unusable")
+    assert json.loads(out.read_text())["source"]["step"] == 7
+    assert evaluate_cli.main([*args, "--step", "9"]) == 2  # asked for by name: no fallback
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint step 9 is unusable") and "\n" not in err
+    damage_step(ckpt / "7", "delete_state")
+    assert evaluate_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no usable checkpoint in") and "\n" not in err
