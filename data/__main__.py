@@ -18,7 +18,14 @@ from data import build, generate
 from data.arc import SUBSETS
 from data.common import DataError
 from data.maze_gen import default_min_path_length
-from trm.cli import interrupted, os_error_line, positive_int, sigterm_as_interrupt
+from trm.cli import (
+    int_at_least,
+    interrupted,
+    non_negative_int,
+    os_error_line,
+    positive_int,
+    sigterm_as_interrupt,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     b = cmd.add_parser("build", help="validate raw files and write a data set directory")
     bk = b.add_subparsers(dest="kind", required=True)
     s = bk.add_parser("sudoku", help="Sudoku-Extreme CSV files")
-    s.add_argument("--subsample-size", type=int, help="training puzzles to keep (seeded)")
+    s.add_argument("--subsample-size", type=positive_int, help="training puzzles to keep (seeded)")
     s.add_argument("--min-rating", type=int, help="keep rows with rating >= R (both files)")
     m = bk.add_parser("maze", help="Maze-Hard CSV files")
-    m.add_argument("--subsample-size", type=int, help="training mazes to keep (seeded)")
+    m.add_argument("--subsample-size", type=positive_int, help="training mazes to keep (seeded)")
     for q in (s, m):
         q.add_argument("--train-csv", type=Path, required=True)
         q.add_argument("--test-csv", type=Path, required=True)
@@ -41,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="subset whose test pairs form the test split")
     for q, aug in ((s, build.SUDOKU_NUM_AUG), (m, build.MAZE_NUM_AUG), (a, build.ARC_NUM_AUG)):
         q.add_argument("--out", type=Path, required=True, help="data set directory")
-        q.add_argument("--seed", type=int, default=0, help="subsample / augmentation-pool seed")
+        q.add_argument("--seed", type=non_negative_int, default=0,
+                       help="subsample / augmentation-pool seed")
         q.add_argument("--num-aug", type=int, default=aug,
                        help=f"default augmented copies per puzzle (default {aug})")
         q.add_argument("--strict", action="store_true",
@@ -52,13 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     gk = g.add_subparsers(dest="kind", required=True)
     gs = gk.add_parser("sudoku", help="unique-solution Sudokus (rating = solver guesses)")
     gs.add_argument("--min-rating", type=int, default=0, help="keep puzzles with rating >= R")
-    gs.add_argument("--min-clues", type=int, default=0,
+    gs.add_argument("--min-clues", type=non_negative_int, default=0,
                     help="give solution cells back until each puzzle has >= N clues (easier; "
                          "default 0: minimal puzzles, ~22-26 clues)")
-    gs.add_argument("--workers", type=int, help="processes (default: all cores)")
+    gs.add_argument("--workers", type=positive_int, help="processes (default: all cores)")
     gm = gk.add_parser("maze", help="mazes with a unique shortest path (rating = its length)")
-    gm.add_argument("--size", type=int, default=30, help="side N of the N x N grid")
-    gm.add_argument("--min-path-length", type=int,
+    gm.add_argument("--size", type=int_at_least(2), default=30, help="side N of the N x N grid")
+    gm.add_argument("--min-path-length", type=positive_int,
                     help=f"minimum shortest path in moves (default {default_min_path_length(30)} "
                          "at 30x30, scaled by area)")
     gm.add_argument("--allow-ties", action="store_true",
@@ -66,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     for q in (gs, gm):
         q.add_argument("--count", type=positive_int, required=True)
         q.add_argument("--out", type=Path, required=True, help="CSV file to write")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=non_negative_int, default=0)
     return p
 
 

@@ -123,9 +123,13 @@ def generate_mazes(count: int, *, size: int = 30, min_path_length: int | None = 
                    ) -> tuple[Int[np.ndarray, "c n n"], Int[np.ndarray, "c n n"],
                               Int[np.ndarray, " c"]]:
     """`count` mazes: question tokens, answer tokens (path marked), shortest-path lengths."""
-    if size < 2 or count < 0:
-        raise ValueError(f"need size >= 2 and count >= 0, got size {size}, count {count}")
+    if size < 2:
+        raise ValueError(f"size must be >= 2, got {size}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
     min_len = default_min_path_length(size) if min_path_length is None else min_path_length
+    if min_len < 1:
+        raise ValueError(f"min_path_length must be >= 1, got {min_len}")
     if min_len > size * size - 1:
         raise ValueError(f"min_path_length {min_len} is impossible on a {size}x{size} grid")
     rng = np.random.default_rng(seed)

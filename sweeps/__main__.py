@@ -27,6 +27,17 @@ from data.common import atomic_file
 from trm.cli import exit_process, run_cli
 
 
+def _accuracy(text: str) -> float:
+    """argparse `type=` for an accuracy: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an exact accuracy in (0, 1], got {value:g}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     an = cmd.add_parser("analyze", help="tables and plots from the Aim repository")
     an.add_argument("--out", help="output folder (default <root>/analysis)")
     an.add_argument("--set", default="test", help="eval set of the accuracy (default test)")
-    an.add_argument("--target", type=float, default=0.85,
+    an.add_argument("--target", type=_accuracy, default=0.85,
                     help="exact accuracy of 'steps to target' (default 0.85)")
     an.add_argument("--experiment", help="Aim experiment (default trm-study[-cpu]; "
                                          "'any' reads every run)")

@@ -190,6 +190,11 @@ def analyze(entries: Sequence[Experiment], settings: Settings, out: str | Path, 
         raise ValueError(f"none of the {len(missing)} runs is in the Aim repository {where}: "
                          f"{', '.join(missing)}; if they ran with other settings, give the "
                          f"same ones (e.g. {other}, --steps)")
+    logged = sorted({context.removeprefix("eval/") for r in rows if r.found
+                     for _, context in r.record.series if context.startswith("eval/")})
+    if logged and eval_set not in logged:
+        raise ValueError(f"no run found logged evaluations of the set {eval_set!r} "
+                         f"(--set); they logged: {', '.join(logged)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     section, files = write_tables(rows, out, target)
@@ -205,7 +210,8 @@ def analyze(entries: Sequence[Experiment], settings: Settings, out: str | Path, 
     found = len({r.run for r in rows if r.found})
     say(f"{found} runs found in {where}; wrote {len(files)} files to {out}")
     if missing:
-        say(f"missing {len(missing)} runs (no Aim run with that name): {', '.join(missing)}")
+        say(f"missing {len(missing)} run{'s' * (len(missing) != 1)} (no Aim run with that "
+            f"name): {', '.join(missing)}")
     for s in skipped:
         say(f"plot skipped: {s}")
     return files

@@ -2,6 +2,7 @@
 damaged, non-finite and unwritable checkpoints."""
 
 import contextlib
+import logging
 import shutil
 import time
 
@@ -191,6 +192,31 @@ def test_no_usable_step_is_one_error(two_steps, tmp_path):
         ckpt.restore_newest_usable(_make_state(jax.random.key(1), 128), notice=notices.append)
     assert "step 2: 1 array(s) do not match their checksums" in str(e.value)
     assert "step 1: KeyError" in str(e.value) and "\n" not in str(e.value) and not notices
+
+
+def test_the_abandoned_reads_of_an_unusable_step_are_not_logged(two_steps, tmp_path):
+    """asyncio logs each task of a failed orbax read when it is collected, at any later time
+    (hundreds of lines after the one-line report): those records are dropped, others kept."""
+    source, _ = two_steps
+    shutil.copytree(source, tmp_path / "c")
+    damage_step(tmp_path / "c" / "2", "delete_state")
+    with (Checkpointer(tmp_path / "c", CheckpointConfig(), MODEL_CFG) as ckpt,
+          pytest.raises(UnusableCheckpoint) as e):
+        ckpt.restore(_make_state(jax.random.key(1), 128), step=2)
+    orbax_failure = e.value.__cause__
+    assert orbax_failure is not None
+
+    def logged(exc: BaseException) -> bool:
+        record = logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1,
+                                   "Task exception was never retrieved\nfuture: <Task>", None,
+                                   (type(exc), exc, exc.__traceback__))
+        return logging.getLogger("asyncio").filter(record)
+
+    assert not logged(orbax_failure)
+    try:
+        raise RuntimeError("a task of ours")
+    except RuntimeError as ours:
+        assert logged(ours)
 
 
 def test_non_finite_step_is_unusable(tmp_path):

@@ -199,6 +199,25 @@ def test_cli_generate(tmp_path, capsys):
     assert not (tmp_path / "bad.csv").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["generate", "sudoku", "--count", "2", "--seed", "-1"], "argument --seed: must be >= 0"),
+    (["generate", "maze", "--count", "2", "--seed", "-1"], "argument --seed: must be >= 0"),
+    (["generate", "maze", "--count", "2", "--size", "1"], "argument --size: must be >= 2, got 1"),
+    (["generate", "maze", "--count", "2", "--min-path-length", "-3"],
+     "argument --min-path-length: must be >= 1"),
+    (["generate", "sudoku", "--count", "2", "--workers", "0"], "argument --workers: must be >= 1"),
+    (["build", "arc", "--arc-dir", ".", "--subsets", "training", "--test-subset", "training",
+      "--seed", "-5"], "argument --seed: must be >= 0"),
+    (["build", "sudoku", "--train-csv", "a", "--test-csv", "b", "--subsample-size", "0"],
+     "argument --subsample-size: must be >= 1"),
+])
+def test_cli_bad_numbers_name_their_flag(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(out)])
+    assert e.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
 def test_cli_generate_stops_on_a_filter_no_candidate_meets(tmp_path, capsys):
     """A 5x5 maze has no unique shortest path of 20 moves (though 20 <= 24 passes the
     size check): one error line, exit 1, no file, instead of sampling forever."""

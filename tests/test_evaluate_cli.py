@@ -17,7 +17,7 @@ import evaluate as evaluate_cli
 from data import fingerprint
 from data.pipeline import load_metadata
 from trm.checkpoint import Checkpointer
-from trm.eval_run import evaluate_split
+from trm.eval_run import EvalArgs, evaluate_split
 from trm.loop import model_config_for
 from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
@@ -209,3 +209,38 @@ def test_damaged_latest_step_falls_back_then_one_error(checkpoint, tmp_path, cap
     assert evaluate_cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no usable checkpoint in") and "\n" not in err
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}
+
+
+def test_evaluation_leaves_a_running_training_s_checkpoints_alone(checkpoint, tmp_path):
+    """A save in progress (orbax's temporary step directory) is not cleaned up, and nothing
+    in the directory is written or removed: the training writing it may still be running."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint[0], ckpt)
+    shutil.copytree(ckpt / "7", ckpt / "9.orbax-checkpoint-tmp-1234")
+    before = _tree(ckpt)
+    assert evaluate_cli.main(["--checkpoint-dir", str(ckpt), "--no-progress", "--out",
+                              str(tmp_path / "res.json")]) == 0
+    assert _tree(ckpt) == before
+    assert json.loads((tmp_path / "res.json").read_text())["source"]["step"] == 7
+
+
+def test_each_arc_split_gets_its_own_submission_file(tmp_path):
+    def paths(**flags):
+        args = EvalArgs(checkpoint_dir="c", out=str(tmp_path / "res.json"), **flags)
+        return [Path(args.submission_path(s, several=len(args.split) > 1)).name
+                for s in args.split]
+
+    assert paths() == ["res_submission.json"]
+    assert paths(split=("train", "test")) == ["res_train_submission.json",
+                                              "res_test_submission.json"]
+    named = {"arc_submission": str(tmp_path / "sub.json")}
+    assert paths(**named) == ["sub.json"]
+    assert paths(**named, split=("train", "test")) == ["sub_train.json", "sub_test.json"]
+    every = EvalArgs(checkpoint_dir="c", out="res.json", split=("train", "test"), **named)
+    assert {str(tmp_path / n) for n in ("sub_train.json", "sub_test.json")} <= set(
+        every.output_files())

@@ -68,6 +68,20 @@ def test_config_from_official_dict():
             config_from_official(not_arch)
 
 
+def test_config_values_are_converted_as_the_official_pydantic_configs_do():
+    arch = {"hidden_size": "64", "num_heads": 4.0, "expansion": "4", "mlp_t": "true",
+            "puzzle_emb_ndim": None}
+    cfg = config_from_official(arch)
+    assert (cfg.hidden_size, cfg.num_heads, cfg.expansion, cfg.mlp_t) == (64, 4, 4.0, True)
+    assert cfg.puzzle_emb_ndim is None and isinstance(cfg.num_heads, int)
+    for key, value, kind in [("hidden_size", "wide", "an integer"),
+                             ("num_heads", 2.5, "an integer"), ("hidden_size", True, "an integer"),
+                             ("mlp_t", "maybe", "true or false"), ("expansion", [4], "a number"),
+                             ("pos_encodings", 3, "a string")]:
+        with pytest.raises(ValueError, match=f"config's {key} is .*, not {kind}$"):
+            config_from_official({**arch, key: value})
+
+
 def test_npz_loader_and_missing_torch(tmp_path):
     config = tiny_config()
     sd = to_official_state_dict(tiny_model(config))

@@ -3,6 +3,8 @@ architecture, under the one rule of `python -m trm.parity`."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -161,11 +163,31 @@ def test_cli_bad_input_is_one_line_before_any_replay(tmp_path, capsys):
     np.savez(no_param, **{k: v for k, v in arrays.items() if k != "param/inner.H_init"})
     no_record = tmp_path / "no_record.npz"
     np.savez(no_record, **{k: v for k, v in arrays.items() if k != "batch0/inputs"})
+    no_eval = tmp_path / "no_eval.npz"
+    np.savez(no_eval, **{k: v for k, v in arrays.items() if not k.startswith("eval/")})
+    no_train = tmp_path / "no_train.npz"
+    np.savez(no_train, **{k: v for k, v in arrays.items() if not k.startswith("train/")})
+    settings = json.loads(str(arrays["config_json"]))
+
+    def with_config(name: str, config: object) -> str:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **{**arrays, "config_json": np.array(json.dumps(config))})
+        return str(path)
+
     cases = [([str(good), str(truncated)], "not an .npz file"),  # the good one is not replayed
              ([str(no_config)], "not a parity fixture: it has no config_json"),
              ([str(no_param)], ("not a complete fixture: official state dict lacks parameter "
                                 "'inner.H_init'")),
              ([str(no_record)], "not a complete fixture: no 'batch0/inputs' recorded"),
+             ([str(no_eval)], "not a complete fixture: no eval steps recorded"),
+             ([str(no_train)], "not a complete fixture: no train steps recorded"),
+             ([with_config("no_model", {"foo": 1})], "its config_json has no `model` mapping"),
+             ([with_config("a_list", [1, 2])], "its config_json has no `model` mapping"),
+             ([with_config("no_lr", {k: v for k, v in settings.items() if k != "lr"})],
+              "its config_json lacks the number(s) lr"),
+             ([with_config("text_width", {**settings, "model": {
+                 **settings["model"], "hidden_size": "wide"}})],
+              "config's hidden_size is 'wide', not an integer"),
              ([str(tmp_path / "missing.npz")], "no such file"),
              ([str(tmp_path)], "a directory; give the fixture files"),
              (["--tolerance", "0", str(good)], "need --tolerance > 0")]

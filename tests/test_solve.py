@@ -104,6 +104,9 @@ def test_maze_file(tmp_path):
     path.write_text("\n".join(["#S###", "### #"] + MAZE_Q[2:]))
     with pytest.raises(ValueError, match="the goal 'G' is not reachable from 'S'"):
         maze_puzzle(path)
+    path.write_text("\n".join(["#Sx##"] + MAZE_Q[1:]))
+    with pytest.raises(ValueError, match="maze character 'x' at position 2 is outside '# SGo'"):
+        maze_puzzle(path)
 
 
 def test_arc_task(tmp_path):

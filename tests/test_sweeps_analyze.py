@@ -116,3 +116,20 @@ def test_analyze_says_what_is_missing(study, tmp_path):
     with pytest.raises(FileNotFoundError, match="no Aim repository"):
         analyze(select("exp05"), Settings(repo=str(tmp_path / "nowhere")), tmp_path,
                 experiment=None)
+
+
+def test_an_eval_set_no_run_logged_is_refused(study, tmp_path):
+    _, settings = study
+    with pytest.raises(ValueError, match="no run found logged evaluations of the set 'bogus' "
+                                         r"\(--set\); they logged: test"):
+        analyze(select("exp05"), settings, tmp_path / "a", experiment="trm-study",
+                eval_set="bogus")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("target", ["0", "1.5", "-1", "high"])
+def test_a_target_that_is_not_an_accuracy_is_refused(target, capsys):
+    from sweeps.__main__ import main
+
+    assert main(["analyze", "exp05", "--target", target]) == 2
+    assert "argument --target" in capsys.readouterr().err

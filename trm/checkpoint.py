@@ -51,10 +51,28 @@ from trm.run_config import CheckpointConfig, RunConfig
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Orbax logs a failed background write with its traceback before `Checkpointer` re-raises it
-# as one SaveFailed line; its abandoned coroutines warn at exit. Both are noise here.
-logging.getLogger("absl").addFilter(
-    lambda r: not (r.levelno >= logging.ERROR and "orbax" in r.pathname))
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+    """A log record that orbax or tensorstore raised or logged."""
+    if "orbax" in record.pathname:
+        return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+        if any(m in tb.tb_frame.f_code.co_filename for m in ("orbax", "tensorstore")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# Noise next to the one line this module reports for each fault: orbax logs a failed
+# background write with its traceback before `Checkpointer` re-raises it as SaveFailed; it
+# warns about a step without its metadata file (read anyway, or reported unusable); the
+# reads of a step found unusable leave tasks whose exceptions asyncio logs when they are
+# collected, at any later time (hundreds of lines); abandoned coroutines warn at exit.
+logging.getLogger("absl").addFilter(lambda r: not (_from_orbax(r) and (
+    r.levelno >= logging.ERROR or "Metadata file does not exist" in r.getMessage())))
+logging.getLogger("asyncio").addFilter(lambda r: not (
+    r.getMessage().startswith("Task exception was never retrieved") and _from_orbax(r)))
 warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                         category=RuntimeWarning)
 
@@ -184,11 +202,14 @@ class Checkpointer:
 
     `save` may return before the write finishes (async); call `wait_until_finished()` before
     reading the files and `close()` at the end (or use it as a context manager).
+    `read_only`: never write, delete or clean up anything in the directory (an evaluation
+    reading the checkpoints of a training that is still running).
     """
 
     def __init__(self, directory: str | os.PathLike[str], cfg: CheckpointConfig,
                  model_config: ModelConfig, run_config: RunConfig | None = None,
-                 data_fingerprint: dict[str, Any] | None = None) -> None:
+                 data_fingerprint: dict[str, Any] | None = None, read_only: bool = False,
+                 ) -> None:
         self.model_config = model_config
         self._run_config = run_config
         self._writing: int | None = None  # the last step handed to the manager
@@ -197,8 +218,10 @@ class Checkpointer:
                              "data": data_fingerprint}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
-            create=True,
-            cleanup_tmp_directories=True,  # a save cut short (full disk, kill) leaves one
+            create=not read_only, read_only=read_only,
+            # a save cut short (full disk, kill) leaves a temporary directory; a reader must
+            # not remove it: it may be the save a running training is writing
+            cleanup_tmp_directories=not read_only,
             # an unwritable directory then fails in `save` itself: created in a background
             # thread, its failure left the next save waiting for a signal for minutes
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))

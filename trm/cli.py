@@ -27,17 +27,26 @@ def warn(lines: list[str]) -> None:
             print(f"warning: {line}", file=sys.stderr)
 
 
-def positive_int(text: str) -> int:
-    """argparse `type=` for counts and sizes: an int >= 1 (argparse prints its error)."""
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse `type=`: an int >= `minimum` (argparse prints its error, naming the flag)."""
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+"""argparse `type=` for counts and sizes: an int >= 1."""
+non_negative_int = int_at_least(0)
+"""argparse `type=` for seeds (NumPy's generators take no negative seed)."""
 
 
 class RunStopped(RuntimeError):

@@ -175,7 +175,8 @@ class EvalArgs(ModelSource):
     plot: str | None = None
     """Per-step accuracy PNG (default: <out without .json>_per_step.png)."""
     arc_submission: str | None = None
-    """Kaggle submission for ARC data (default: <out without .json>_submission.json)."""
+    """Kaggle submission for ARC data (default: <out without .json>_submission.json); with
+    several ARC splits, one file per split: <name>_<split>.json."""
     aim_run: str | None = None
     """Hash of an Aim run (e.g. the training run) to add these results to."""
     track: bool = False
@@ -206,12 +207,22 @@ class EvalArgs(ModelSource):
         out = as_path(self.out)
         return str(out.with_name(out.stem + suffix))
 
+    def submission_path(self, split: str, several: bool) -> str:
+        """Where the ARC submission of `split` goes: --arc-submission (default
+        <out>_submission.json), with _<split> before its suffix when `several` ARC splits are
+        evaluated."""
+        if not self.arc_submission:
+            return self.output_path(f"_{split}_submission.json" if several else "_submission.json")
+        if not several:
+            return self.arc_submission
+        path = as_path(self.arc_submission)
+        return str(path.with_name(f"{path.stem}_{split}{path.suffix}"))
+
     def output_files(self) -> list[str]:
         """Every file this evaluation may write (`_write_outputs`)."""
-        submissions = [self.arc_submission] if self.arc_submission else []
-        return [self.out, self.plot or self.output_path("_per_step.png"), *submissions,
-                self.output_path("_submission.json"),
-                *(self.output_path(f"_{split}_submission.json") for split in self.split)]
+        return [self.out, self.plot or self.output_path("_per_step.png"),
+                self.submission_path(self.split[0], several=False),
+                *(self.submission_path(split, several=True) for split in self.split)]
 
 
 def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:
@@ -314,9 +325,7 @@ def _write_outputs(args: EvalArgs, doc: dict[str, Any], results: Mapping[str, Se
     doc["plot"] = str(plot)
     arc = {s: r.submission for s, r in results.items() if r.submission is not None}
     for split, submission in arc.items():
-        path = (args.arc_submission if args.arc_submission and len(arc) == 1 else
-                args.output_path(f"_{split}_submission.json" if len(arc) > 1 else
-                                 "_submission.json"))
+        path = args.submission_path(split, several=len(arc) > 1)
         write_submission(path, submission)
         doc["sets"][split]["submission"] = str(path)
     with atomic_file(args.out) as tmp:

@@ -96,9 +96,8 @@ def _state_template(model_cfg: ModelConfig, run: RunConfig) -> TrainState:
 
 
 def _read_only(directory: str | os.PathLike[str], model_cfg: ModelConfig) -> Checkpointer:
-    # a huge keep_last: opening the manager must never make it drop a step
-    return Checkpointer(directory, CheckpointConfig(keep_last=2**31 - 1, async_save=False),
-                        model_cfg)
+    return Checkpointer(directory, CheckpointConfig(async_save=False), model_cfg,
+                        read_only=True)
 
 
 def _restore_step(d: Any, step: int, sharding: jax.sharding.Sharding | None,

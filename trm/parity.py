@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm.checkpoint import short_reason
-from trm.config import ModelConfig
+from trm.config import ConfigError, ModelConfig
 from trm.loss import loss_head
 from trm.models import ACTModel, Carry
 from trm.models.official import (
@@ -90,11 +90,7 @@ def load_fixture(path: str) -> Fixture:
     if "config_json" not in arrays:
         raise ValueError("not a parity fixture: it has no config_json (the recording's "
                          "settings)")
-    settings = json.loads(str(arrays.pop("config_json")))
-    arch = settings.get("arch", "trm")  # files without `arch` are trm
-    # recordings use no exploration
-    model_cfg = dict(settings["model"], halt_exploration_prob=0.0, name=arch)
-    config = config_from_official(model_cfg, settings.get("loss_type", "stablemax"))
+    settings, config = _recording_settings(str(arrays.pop("config_json")))
     params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
     records = {k: v for k, v in arrays.items() if not k.startswith("param/")}
     carry_keys = tuple(settings.get("carry_keys", ("z_H", "z_L")))
@@ -102,7 +98,43 @@ def load_fixture(path: str) -> Fixture:
         from_official_state_dict(params, config)  # every parameter there, of its shape
     except StateDictError as e:
         raise ValueError(f"not a complete fixture: {e}") from None
-    return Fixture(config, settings, params, records, carry_keys)
+    fixture = Fixture(config, settings, params, records, carry_keys)
+    for mode in ("eval", "train"):
+        if not fixture.steps(mode):
+            raise ValueError(f"not a complete fixture: no {mode} steps recorded "
+                             f"({mode}/step<s>/...)")
+    for name in (f"batch{k}/{key}" for k in range(len(fixture.steps("train")))
+                 for key in BATCH_KEYS):
+        if name not in records:
+            raise ValueError(f"not a complete fixture: no {name!r} recorded")
+    return fixture
+
+
+_SETTINGS = ("lr", "weight_decay", "loss_scale", "puzzle_emb_lr", "puzzle_emb_weight_decay")
+"""The recording's training settings that the train replay uses, besides `model`."""
+
+
+def _recording_settings(config_json: str) -> tuple[dict, ModelConfig]:
+    """(settings, model config) of a fixture's config_json; ValueError naming the fault."""
+    try:
+        settings = json.loads(config_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not a parity fixture: its config_json is not JSON ({e})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("model"), dict):
+        # a ValueError, as every other fault of the file (main reports them as one line)
+        raise ValueError(  # noqa: TRY004
+            "not a parity fixture: its config_json has no `model` mapping")
+    absent = [k for k in _SETTINGS if not isinstance(settings.get(k), (int, float))]
+    if absent:
+        raise ValueError(f"not a parity fixture: its config_json lacks the number(s) "
+                         f"{', '.join(absent)}")
+    arch = settings.get("arch", "trm")  # files without `arch` are trm
+    # recordings use no exploration
+    model_cfg = dict(settings["model"], halt_exploration_prob=0.0, name=arch)
+    try:
+        return settings, config_from_official(model_cfg, settings.get("loss_type", "stablemax"))
+    except (ValueError, ConfigError) as e:
+        raise ValueError(f"not a parity fixture: {e}") from None
 
 
 def latent_records(carry: Carry, carry_keys: tuple[str, ...]) -> dict[str, jax.Array]:

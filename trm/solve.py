@@ -78,6 +78,7 @@ def maze_puzzle(path: str | Path) -> Puzzle:
         raise ValueError(f"{p}: a maze is N lines of N characters from {MAZE_CHARSET!r}")
     grid = "".join(rows)
     try:
+        validate.to_bytes("maze", [grid], n * n, MAZE_CHARSET)  # 'o' allowed here
         q, a = validate.maze([grid.replace("o", " ")], [grid] if "o" in grid else None,
                              names=("maze", "path"))
     except validate.BadRow as e:

@@ -10,8 +10,10 @@ trm family `inner.L_level`, hrm `inner.H_level` and `inner.L_level`, transformer
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import typing
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,15 +56,41 @@ def config_from_official(model_cfg: Mapping[str, Any], loss_type: str = "stablem
                          f"{', '.join(sorted(map(str, model_cfg))) or 'none'}); give the arch "
                          "section (config/arch/*.yaml, or `arch` of all_config.yaml)")
     loss = {"stablemax_cross_entropy": "stablemax", "softmax_cross_entropy": "softmax"}
-    fields = {f for f in ModelConfig.__dataclass_fields__}
-    kwargs = {k: v for k, v in model_cfg.items() if k in fields}
+    hints = typing.get_type_hints(ModelConfig)
+    kwargs = {k: _lax(k, v, hints[k]) for k, v in model_cfg.items() if k in hints}
     kwargs["loss_type"] = loss.get(loss_type, loss_type)
     if "name" in model_cfg:
         kwargs["arch"] = arch_from_official_name(str(model_cfg["name"]))
-    for name in ("expansion", "rms_norm_eps", "rope_theta", "halt_exploration_prob"):
-        if name in kwargs:
-            kwargs[name] = float(kwargs[name])
     return ModelConfig(**kwargs)
+
+
+def _lax(name: str, value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` of ModelConfig's field `name`, converted as the official
+    config classes (pydantic, lax mode) do: "64" -> 64, 4 -> 4.0, "true" -> True. ValueError
+    naming the key when it is not one."""
+    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    if value is None and len(kinds) < len(typing.get_args(hint) or (hint,)):
+        return None
+    kind = kinds[0] if len(kinds) == 1 and isinstance(kinds[0], type) else str
+    text = str(value).strip().lower()
+    if kind is bool and (isinstance(value, bool) or text in _BOOLS):
+        return value if isinstance(value, bool) else _BOOLS[text]
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if kind is float and math.isfinite(number):
+            return number
+        if kind is int and math.isfinite(number) and number == int(number):
+            return int(number)
+    if kind is str and isinstance(value, str):
+        return value
+    expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise ValueError(f"the official architecture config's {name} is {value!r}, not {expected}")
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 Getter = Callable[[ACTModel], jax.Array]
