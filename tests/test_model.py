@@ -101,13 +101,19 @@ def _with_q_bias(model, bias):
                        (jnp.zeros_like(model.q_head.weight), jnp.array([bias, -bias])))
 
 
+# jitted (compiled once per model structure): op-by-op, a recursion takes seconds per step
+_act_step = eqx.filter_jit(lambda model, carry, *batch, train, key=None: model(
+    carry, *batch, train=train, key=key))
+_jit_step_loss = eqx.filter_jit(step_loss)
+
+
 def _rollout_halts(model, train, steps, key=None):
     inputs, labels, ids = tiny_batch(model.config)
     carry = model.initial_carry(3)
     halted = []
     for s in range(steps):
         k = None if key is None else jax.random.fold_in(key, s)
-        carry, _ = model(carry, inputs, labels, ids, train=train, key=k)
+        carry, _ = _act_step(model, carry, inputs, labels, ids, train=train, key=k)
         halted.append(np.asarray(carry.halted))
     return np.stack(halted), carry
 
@@ -165,7 +171,7 @@ def _loss_of_carry(model, z_H, z_L, batch):
     carry = model.reset(model.initial_carry(3), *batch)
     carry = eqx.tree_at(lambda c: (c.z_H, c.z_L, c.halted), carry,
                         (z_H, z_L, jnp.zeros(3, bool)))
-    return step_loss(model, carry, train=False)[0]
+    return _jit_step_loss(model, carry, train=False)[0]
 
 
 @pytest.mark.parametrize("arch", ["trm", "trm_singlez"])
@@ -202,6 +208,7 @@ def test_weight_gradient_only_from_last_cycle():
     config = tiny_config(H_cycles=3)
     model, batch = tiny_model(config), tiny_batch(config)
     carry = model.reset(model.initial_carry(3), *batch)
+    @eqx.filter_jit
     def loss(m, c):
         diff, static = eqx.partition(m, network_filter(m))
         return jax.grad(lambda d: step_loss(eqx.combine(d, static), c, train=False)[0])(diff)
@@ -212,7 +219,7 @@ def test_weight_gradient_only_from_last_cycle():
     rope = model.rope()
     z_H, z_L = carry.z_H, carry.z_L
     for _ in range(2):
-        z_H, z_L = model.latent_recursion(x, z_H, z_L, rope)
+        z_H, z_L = eqx.filter_jit(model.latent_recursion)(x, z_H, z_L, rope)
     started = eqx.tree_at(lambda c: (c.z_H, c.z_L), carry, (z_H, z_L))
     last = loss(replace_config(model, dataclasses.replace(config, H_cycles=1)), started)
     # float32 rounding apart: max |a - b| / max |b| ~3e-6 here; a gradient through the
@@ -305,14 +312,15 @@ def test_q_continue_target_definition():
     config = tiny_config(no_ACT_continue=False, halt_max_steps=2)
     model, batch = tiny_model(config), tiny_batch(config)
     carry = model.reset(model.initial_carry(3), *batch)
-    new, out = model.step(carry, train=True)
-    _, _, _, q_next = model.deep_recursion(
-        new.z_H, new.z_L, carry.inputs, model.puzzle_rows(carry.puzzle_identifiers))
+    step = eqx.filter_jit(lambda m, c: m.step(c, train=True))
+    deep_recursion = eqx.filter_jit(lambda m, c: m.deep_recursion(
+        c.z_H, c.z_L, carry.inputs, m.puzzle_rows(carry.puzzle_identifiers)))
+    new, out = step(model, carry)
+    q_next = deep_recursion(model, new)[3]
     expect = jax.nn.sigmoid(jnp.maximum(q_next[:, 0], q_next[:, 1]))  # step 1 < max 2
     np.testing.assert_allclose(out.target_q_continue, expect, rtol=1e-6)
-    new2, out2 = model.step(new, train=True)  # last step: the halt logit alone
-    _, _, _, q_last = model.deep_recursion(
-        new2.z_H, new2.z_L, carry.inputs, model.puzzle_rows(carry.puzzle_identifiers))
+    new2, out2 = step(model, new)  # last step: the halt logit alone
+    q_last = deep_recursion(model, new2)[3]
     np.testing.assert_allclose(out2.target_q_continue, jax.nn.sigmoid(q_last[:, 0]), rtol=1e-6)
     assert model.step(carry, train=False)[1].target_q_continue is None
 
