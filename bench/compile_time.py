@@ -2,8 +2,9 @@
 
     python bench/compile_time.py [--hidden 512] [--batch 32] [--l-cycles 2 6 12]
 
-The recursion is a fori_loop over cycles and a scan over layers, so compile time should not
-grow with H_cycles x L_cycles. Sudoku shapes (seq 81, vocab 11), attention and mlp_t.
+The recursion is a fori_loop over cycles (the few layers of a network call are unrolled), so
+compile time should not grow with H_cycles x L_cycles. Sudoku shapes (seq 81, vocab 11),
+attention and mlp_t.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build, generate, pipeline
-from trm.cli import positive_int, run_cli
+from data.arc import read_arc
+from trm.cli import non_negative_int, positive_int, run_cli
 
 
 def du(path: Path) -> int:
@@ -46,6 +47,9 @@ def bench_pipelines(name: str, data_dir: Path, args: argparse.Namespace) -> None
         print(f"  train {name:7s} batch {args.batch} ({where}): {rate:,.0f} examples/s")
 
 
+ARC_SUBSETS = ["training", "evaluation", "concept"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arc-dir", type=Path, required=True,
@@ -53,10 +57,11 @@ def main() -> None:
                         "solutions}.json (e.g. TRM's kaggle/combined)")
     p.add_argument("--batch", type=positive_int, default=768)
     p.add_argument("--batches", type=positive_int, default=30)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--workers", type=non_negative_int, nargs="+", default=[0, 2])
     p.add_argument("--sudoku-count", type=positive_int, default=2000)
     p.add_argument("--maze-count", type=positive_int, default=1000)
     args = p.parse_args()
+    read_arc(args.arc_dir, ARC_SUBSETS)  # its faults before minutes of generating
     print(f"{os.cpu_count()} CPU cores")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -75,8 +80,8 @@ def main() -> None:
               f"length min/10/25/50/75/90%/max = {pct}, mean {lengths.mean():.1f}")
         build.build_maze(root / "m.csv", root / "m.csv", root / "maze")
         t0 = time.perf_counter()
-        meta = build.build_arc(args.arc_dir, ["training", "evaluation", "concept"], "evaluation",
-                               root / "arc", progress=False)
+        meta = build.build_arc(args.arc_dir, ARC_SUBSETS, "evaluation", root / "arc",
+                               progress=False)
         dt = time.perf_counter() - t0
         print(f"ARC-AGI-1 + ConceptARC base data (num_aug 1000): built in {dt:.1f} s, "
               f"{du(root / 'arc') / 2**20:.1f} MiB on disk; {meta['build']['tasks']} tasks, "

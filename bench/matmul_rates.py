@@ -45,6 +45,10 @@ def main() -> None:
     p.add_argument("--start", type=float, default=None,
                    help="wait until this Unix time before timing (several copies at once)")
     args = p.parse_args()
+    if not args.seconds > 0:
+        p.error(f"argument --seconds: must be > 0, got {args.seconds:g}")
+    if args.start is not None and not time.time() - 60 <= args.start <= time.time() + 3600:
+        p.error(f"argument --start: a Unix time within the next hour, got {args.start:g}")
     dtype = jnp.dtype(args.dtype)
     h, m = args.hidden, args.rows
     inter = swiglu_intermediate_size(h, 4)

@@ -35,8 +35,13 @@ def as_path(path: str | os.PathLike[str]) -> epath.Path:
 
 def _require_backend(url: str) -> None:
     import fsspec  # etils.epath opens URLs through fsspec
+    from etils.epath import register
 
     scheme = url.split("://", 1)[0]
+    known = sorted(register._URI_PREFIXES_TO_CLS)  # etils has no public list
+    if f"{scheme}://" not in known:
+        raise ValueError(f"{url}: unsupported storage scheme {scheme}:// (supported: "
+                         f"{', '.join(known)}; give a local path without file://)")
     try:
         fsspec.get_filesystem_class(scheme)
     except ImportError as e:  # e.g. "Please install gcsfs to access Google Storage"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import numpy as np
 import pytest
 from helpers import FIXTURES, damage_step
 from test_data_fixtures import built_sudoku
@@ -115,10 +116,13 @@ def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
     (["--checkpoint-dir", "{ckpt}", "--devices", "0"], "--devices must be >= 1"),
     (["--checkpoint-dir", "{ckpt}", "--halt-max-steps", "0"], "--halt-max-steps must be"),
     (["--checkpoint-dir", "{ckpt}", "--step", "-1"], "--step must be >= 0"),
+    (["--official-weights", "{fixture}", "--step", "3"], "--step and --raw-weights choose"),
+    (["--official-weights", "{fixture}", "--raw-weights"], "--step and --raw-weights choose"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_path, capsys,
                                                   args, message):
-    fill = {"tmp": str(tmp_path), "ckpt": str(checkpoint[0]), "data": str(sudoku_dir)}
+    fill = {"tmp": str(tmp_path), "ckpt": str(checkpoint[0]), "data": str(sudoku_dir),
+            "fixture": str(FIXTURES / "trm_official_attn_rope.npz")}
     out = tmp_path / "res.json"
     rc = evaluate_cli.main([a.format(**fill) for a in args] + ["--out", str(out),
                                                                "--no-progress"])
@@ -138,8 +142,15 @@ def test_unreadable_official_files_and_an_output_under_a_file_are_one_line(
     config = tmp_path / "bad" / "all_config.yaml"
     config.write_text("arch: {name: foo\n")
     (tmp_path / "bad" / "a_file").write_text("")
+    arrays = dict(np.load(fixture))
+    arrays["param/inner.lm_head.weight"] = np.full_like(arrays["param/inner.lm_head.weight"],
+                                                        np.nan)
+    not_finite = tmp_path / "bad" / "nan.npz"
+    np.savez(not_finite, **arrays)
     official = ["--official-weights", str(fixture), "--data-dir", str(sudoku_dir)]
     for args, message in (
+            (["--official-weights", str(not_finite), "--data-dir", str(sudoku_dir)],
+             f"{not_finite}: the weights hold non-finite numbers"),
             (["--official-weights", str(truncated), "--official-config", str(fixture),
               "--data-dir", str(sudoku_dir)], f"{truncated}: not a readable state dict"),
             ([*official, "--official-config", str(config)], f"{config}: not a readable config"),

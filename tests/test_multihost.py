@@ -121,3 +121,20 @@ def test_evaluation_on_two_processes_matches_one(kind, tmp_path):
         assert (tmp_path / "multi" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
     if kind == "arc":
         assert docs["single"]["sets"]["test"]["arc"]["tasks"] == 2
+
+
+def test_a_process_waiting_for_its_peers_says_so(tmp_path):
+    """jax.distributed waits minutes in silence for a missing process (then aborts): the
+    command says first what it waits for."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "evaluate.py", "--checkpoint-dir", str(tmp_path), "--mesh.distributed",
+         "--mesh.coordinator-address", f"127.0.0.1:{port}", "--mesh.num-processes", "2",
+         "--mesh.process-id", "0"], cwd=ROOT, env=_env(2), text=True, stderr=subprocess.PIPE)
+    try:
+        line = proc.stderr.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line == (f"process 0: waiting for all 2 processes at 127.0.0.1:{port} (jax aborts "
+                    "after 300 s without them)")

@@ -77,9 +77,14 @@ def test_config_values_are_converted_as_the_official_pydantic_configs_do():
     for key, value, kind in [("hidden_size", "wide", "an integer"),
                              ("num_heads", 2.5, "an integer"), ("hidden_size", True, "an integer"),
                              ("mlp_t", "maybe", "true or false"), ("expansion", [4], "a number"),
-                             ("pos_encodings", 3, "a string")]:
-        with pytest.raises(ValueError, match=f"config's {key} is .*, not {kind}$"):
+                             ("pos_encodings", "foo", "one of 'rope', 'learned', 'none'"),
+                             ("forward_dtype", "float8", "one of 'float32', 'bfloat16'")]:
+        with pytest.raises(ValueError, match=f"config's {key} is .*, not {kind}"):
             config_from_official({**arch, key: value})
+    with pytest.raises(ValueError, match="config's arch is 'foo', not one of 'trm'"):
+        config_from_official({**arch, "name": "recursive_reasoning.foo@Foo"})
+    with pytest.raises(ValueError, match="config's loss_type is 'foo_cross_entropy'"):
+        config_from_official(arch, "foo_cross_entropy")
 
 
 def test_npz_loader_and_missing_torch(tmp_path):

@@ -161,11 +161,19 @@ def test_sweeps_keep_done_markers_at_a_url_root_and_logs_here(bucket, tmp_path, 
 
 
 def test_a_url_without_its_file_system_is_one_error_line(tmp_path, capsys):
-    """An unknown scheme (or gs:// without gcsfs) stops with one line, not a traceback."""
+    """An unknown scheme, one fsspec knows but etils.epath (orbax's paths) does not, or gs://
+    without gcsfs stops with one line, not a traceback."""
     import evaluate as evaluate_cli
 
-    with pytest.raises(ValueError, match="unknown storage scheme nosuchfs://"):
-        as_path("nosuchfs://bucket/x")
+    for scheme in ("nosuchfs", "file", "memory"):
+        with pytest.raises(ValueError, match=f"unsupported storage scheme {scheme}:// "
+                                             r"\(supported: .*gs://"):
+            as_path(f"{scheme}://bucket/x")
+    out = tmp_path / "res.json"
+    rc = evaluate_cli.main(["--checkpoint-dir", "/tmp", "--out", f"file://{out}",
+                            "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: file://{out}: unsupported storage scheme")
     out = tmp_path / "res.json"
     rc = evaluate_cli.main(["--checkpoint-dir", "nosuchfs://bucket/run/checkpoints",
                             "--out", str(out), "--no-progress"])

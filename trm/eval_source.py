@@ -27,6 +27,7 @@ from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable
 from trm.cli import warn
 from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, require
 from trm.config_diff import to_json
+from trm.integrity import all_finite
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
 from trm.optim import build_optimizer, build_schedules
@@ -211,6 +212,8 @@ def import_official(weights: str | Path, config: str | Path | None,
     arch = {**{k: getattr(data_metadata, k) for k in missing}, **arch}
     model_cfg = config_from_official(dict(arch, halt_exploration_prob=0.0), loss_type)
     model = from_official_state_dict(load_state_dict_file(weights), model_cfg)
+    if not bool(all_finite(eqx.filter(model, eqx.is_array))):
+        raise ValueError(f"{weights}: the weights hold non-finite numbers (NaN/Inf)")
     return LoadedModel(model, {"official_weights": str(weights), "official_config": str(config),
                                "weights": "official"})
 
@@ -223,6 +226,9 @@ def load_model(source: ModelSource, *, data_metadata: Any | None = None,
     if source.official_config is not None and source.official_weights is None:
         raise ValueError("--official-config describes --official-weights; a checkpoint "
                          "records its own config")
+    if source.official_weights is not None and (source.step is not None or source.raw_weights):
+        raise ValueError("--step and --raw-weights choose among a checkpoint's weights; "
+                         "--official-weights holds one set")
     if source.checkpoint_dir is not None:
         loaded = restore_checkpoint(source.checkpoint_dir, source.step, source.raw_weights,
                                     sharding)

@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
     return count
 
 
+_JOIN_TIMEOUT_S = 300  # jax's default
+
+
 def initialize_distributed(m: MeshConfig) -> None:
     """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
     without a coordinator address jax detects the cluster (TPU pod, SLURM, ...)."""
@@ -57,12 +61,18 @@ def initialize_distributed(m: MeshConfig) -> None:
         return
     local = m.coordinator_address is not None and m.coordinator_address.startswith(
         ("127.0.0.1:", "localhost:"))
+    if m.coordinator_address is not None:
+        # jax waits in silence, then aborts the process with a C++ stack trace
+        print(f"process {m.process_id}: waiting for all {m.num_processes} processes at "
+              f"{m.coordinator_address} (jax aborts after {_JOIN_TIMEOUT_S} s without them)",
+              file=sys.stderr, flush=True)
     try:
         jax.distributed.initialize(
             coordinator_address=m.coordinator_address, num_processes=m.num_processes,
             process_id=m.process_id,
             # a coordinator on this machine listens on loopback only
-            coordinator_bind_address=m.coordinator_address if local else None)
+            coordinator_bind_address=m.coordinator_address if local else None,
+            initialization_timeout=_JOIN_TIMEOUT_S)
     except ValueError as e:  # no cluster detected and a setting missing
         raise ConfigError(f"--mesh.distributed: {e} No cluster (TPU pod, SLURM, ...) was "
                           "detected: give --mesh.coordinator-address, --mesh.num-processes and "

@@ -287,7 +287,7 @@ class RunConfig:
             require(o.epochs % e.eval_interval == 0, self, "eval.eval_interval",
                     f"{e.eval_interval} must divide epochs {o.epochs}")
         require(e.average_last_k <= self.checkpoint.keep_last, self, "eval.average_last_k",
-                f"{e.average_last_k} needs checkpoint.keep_last >= it")
+                f"{e.average_last_k} needs --checkpoint.keep-last >= {e.average_last_k}")
         best = self.checkpoint.keep_best_metric
         require(best is None or best.partition("/")[0] in e.eval_sets and "/" in best, self,
                 "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "

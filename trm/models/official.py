@@ -56,22 +56,26 @@ def config_from_official(model_cfg: Mapping[str, Any], loss_type: str = "stablem
                          f"{', '.join(sorted(map(str, model_cfg))) or 'none'}); give the arch "
                          "section (config/arch/*.yaml, or `arch` of all_config.yaml)")
     loss = {"stablemax_cross_entropy": "stablemax", "softmax_cross_entropy": "softmax"}
-    hints = typing.get_type_hints(ModelConfig)
-    kwargs = {k: _lax(k, v, hints[k]) for k, v in model_cfg.items() if k in hints}
-    kwargs["loss_type"] = loss.get(loss_type, loss_type)
+    given = {k: v for k, v in model_cfg.items() if k in _HINTS} | {
+        "loss_type": loss.get(loss_type, loss_type)}
     if "name" in model_cfg:
-        kwargs["arch"] = arch_from_official_name(str(model_cfg["name"]))
-    return ModelConfig(**kwargs)
+        given["arch"] = arch_from_official_name(str(model_cfg["name"]))
+    return ModelConfig(**{k: _lax(k, v, _HINTS[k]) for k, v in given.items()})
 
 
 def _lax(name: str, value: Any, hint: Any) -> Any:
     """`value` as the type `hint` of ModelConfig's field `name`, converted as the official
     config classes (pydantic, lax mode) do: "64" -> 64, 4 -> 4.0, "true" -> True. ValueError
     naming the key when it is not one."""
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"the official architecture config's {name} is {value!r}, not "
+                             f"one of {', '.join(map(repr, typing.get_args(hint)))}")
+        return value
     kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
     if value is None and len(kinds) < len(typing.get_args(hint) or (hint,)):
         return None
-    kind = kinds[0] if len(kinds) == 1 and isinstance(kinds[0], type) else str
+    kind = kinds[0]
     text = str(value).strip().lower()
     if kind is bool and (isinstance(value, bool) or text in _BOOLS):
         return value if isinstance(value, bool) else _BOOLS[text]
@@ -91,6 +95,7 @@ def _lax(name: str, value: Any, hint: Any) -> Any:
 
 
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+_HINTS = typing.get_type_hints(ModelConfig)
 
 
 Getter = Callable[[ACTModel], jax.Array]
