@@ -4,6 +4,7 @@ weights, and its one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -227,16 +228,20 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
             for p in root.rglob("*")}
 
 
-def test_evaluation_leaves_a_running_training_s_checkpoints_alone(checkpoint, tmp_path):
+def test_evaluation_leaves_a_running_training_s_checkpoints_alone(checkpoint, tmp_path,
+                                                                  caplog):
     """A save in progress (orbax's temporary step directory) is not cleaned up, and nothing
-    in the directory is written or removed: the training writing it may still be running."""
+    in the directory is written or removed: the training writing it may still be running.
+    Orbax's warnings that the reader is read-only (as asked) are not shown."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint[0], ckpt)
     shutil.copytree(ckpt / "7", ckpt / "9.orbax-checkpoint-tmp-1234")
     before = _tree(ckpt)
-    assert evaluate_cli.main(["--checkpoint-dir", str(ckpt), "--no-progress", "--out",
-                              str(tmp_path / "res.json")]) == 0
+    with caplog.at_level(logging.INFO):
+        assert evaluate_cli.main(["--checkpoint-dir", str(ckpt), "--no-progress", "--out",
+                                  str(tmp_path / "res.json")]) == 0
     assert _tree(ckpt) == before
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert json.loads((tmp_path / "res.json").read_text())["source"]["step"] == 7
 
 

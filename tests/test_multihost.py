@@ -123,9 +123,9 @@ def test_evaluation_on_two_processes_matches_one(kind, tmp_path):
         assert docs["single"]["sets"]["test"]["arc"]["tasks"] == 2
 
 
-def test_a_process_waiting_for_its_peers_says_so(tmp_path):
+def test_a_process_waiting_for_its_peers_says_so_and_stops_on_sigterm(tmp_path):
     """jax.distributed waits minutes in silence for a missing process (then aborts): the
-    command says first what it waits for."""
+    command says first what it waits for, and a signal stops the wait at once."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "evaluate.py", "--checkpoint-dir", str(tmp_path), "--mesh.distributed",
@@ -133,8 +133,11 @@ def test_a_process_waiting_for_its_peers_says_so(tmp_path):
          "--mesh.process-id", "0"], cwd=ROOT, env=_env(2), text=True, stderr=subprocess.PIPE)
     try:
         line = proc.stderr.readline().strip()
+        proc.terminate()
+        rest = proc.communicate(timeout=30)[1]
     finally:
         proc.kill()
         proc.wait()
     assert line == (f"process 0: waiting for all 2 processes at 127.0.0.1:{port} (jax aborts "
                     "after 300 s without them)")
+    assert proc.returncode == 143 and rest.strip() == "terminated"

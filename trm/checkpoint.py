@@ -66,13 +66,15 @@ def _from_orbax(record: logging.LogRecord) -> bool:
 
 # Noise next to the one line this module reports for each fault: orbax logs a failed
 # background write with its traceback before `Checkpointer` re-raises it as SaveFailed; it
-# warns about a step without its metadata file (read anyway, or reported unusable); the
-# reads of a step found unusable leave tasks whose exceptions asyncio logs when they are
-# collected, at any later time (hundreds of lines); abandoned coroutines warn at exit.
+# warns about a step without its metadata file (read anyway, or reported unusable) and
+# that a reader's manager is read-only (as asked); the reads of a step found unusable leave
+# tasks and futures whose exceptions asyncio logs when they are collected, at any later
+# time (hundreds of lines); abandoned coroutines warn at exit.
+_ORBAX_NOISE = ("Metadata file does not exist", "read_only=True", "Given directory is read only")
 logging.getLogger("absl").addFilter(lambda r: not (_from_orbax(r) and (
-    r.levelno >= logging.ERROR or "Metadata file does not exist" in r.getMessage())))
+    r.levelno >= logging.ERROR or any(m in r.getMessage() for m in _ORBAX_NOISE))))
 logging.getLogger("asyncio").addFilter(lambda r: not (
-    r.getMessage().startswith("Task exception was never retrieved") and _from_orbax(r)))
+    "exception was never retrieved" in r.getMessage() and _from_orbax(r)))
 warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
                         category=RuntimeWarning)
 

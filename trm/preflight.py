@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -54,6 +56,26 @@ def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
 _JOIN_TIMEOUT_S = 300  # jax's default
 
 
+def _interruptible(call: Callable[[], None]) -> None:
+    """`call()` in a helper thread while this one waits: a blocking C++ call (jax waiting for
+    the other processes) never returns to Python, so Ctrl-C and SIGTERM would wait for it.
+    The command then ends with os._exit (`trm.cli.exit_process`), which ends the thread."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 (raised again in the waiting thread)
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="jax-distributed-initialize", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if failed:
+        raise failed[0]
+
+
 def initialize_distributed(m: MeshConfig) -> None:
     """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
     without a coordinator address jax detects the cluster (TPU pod, SLURM, ...)."""
@@ -67,12 +89,13 @@ def initialize_distributed(m: MeshConfig) -> None:
               f"{m.coordinator_address} (jax aborts after {_JOIN_TIMEOUT_S} s without them)",
               file=sys.stderr, flush=True)
     try:
-        jax.distributed.initialize(
+        _interruptible(functools.partial(
+            jax.distributed.initialize,
             coordinator_address=m.coordinator_address, num_processes=m.num_processes,
             process_id=m.process_id,
             # a coordinator on this machine listens on loopback only
             coordinator_bind_address=m.coordinator_address if local else None,
-            initialization_timeout=_JOIN_TIMEOUT_S)
+            initialization_timeout=_JOIN_TIMEOUT_S))
     except ValueError as e:  # no cluster detected and a setting missing
         raise ConfigError(f"--mesh.distributed: {e} No cluster (TPU pod, SLURM, ...) was "
                           "detected: give --mesh.coordinator-address, --mesh.num-processes and "
