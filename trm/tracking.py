@@ -47,6 +47,11 @@ def repo_data_dir(repo: str | Path) -> Path:
     return Path(clean_repo_path(repo), ".aim")
 
 
+def _unreachable(repo: str, reason: str) -> ValueError:
+    return ValueError(f"cannot reach the Aim server {repo} ({reason}); start it with "
+                      "`aim server --repo DIR --host HOST --port PORT`")
+
+
 def check_repo(repo: str) -> None:
     """ValueError when the local Aim repository path `repo` cannot hold one (its root or data
     directory is a file), or when nothing listens at an `aim://host:port` server's address;
@@ -57,8 +62,7 @@ def check_repo(repo: str) -> None:
             socket.create_connection((host, int(port)), timeout=10).close()
         except (OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ValueError(f"cannot reach the Aim server {repo} ({reason}); start it with "
-                             "`aim server --repo DIR --host HOST --port PORT`") from None
+            raise _unreachable(repo, reason) from None
         return
     data = repo_data_dir(repo)
     for path in (data.parent, data):
@@ -85,8 +89,7 @@ def open_aim_run(repo: str, **kwargs: Any) -> Any:
                        **kwargs)
     except RuntimeError as e:
         if repo.startswith("aim://"):
-            raise ValueError(f"cannot reach the Aim server {repo} ({e}); start it with "
-                             f"`aim server --repo DIR --host HOST --port PORT`") from None
+            raise _unreachable(repo, str(e)) from None
         raise
     finally:
         transport_log.setLevel(level)
