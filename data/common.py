@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.storage import as_path, is_url
+from data.storage import as_path, is_url, probe_write
 
 PAD_ID = 0
 """Token 0 pads inputs; a label 0 is ignored (mapped to IGNORE_LABEL_ID by the pipeline)."""
@@ -78,6 +78,11 @@ def check_can_write_in(directory: str | os.PathLike[str], name: object = None) -
     if not os.access(place, os.W_OK | os.X_OK):
         raise DataError(f"cannot write {name}: {place} is not writable"
                         f"{' (read-only file system)' if _read_only_fs(place) else ''}")
+    try:  # what os.access cannot tell (root, /proc, some mounts): a probe file, removed again
+        probe_write(directory, name=f".trm-write-probe-{os.getpid()}")
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise DataError(f"cannot write {name}: {e.strerror or e}{where}") from None
 
 
 def _read_only_fs(path: Path) -> bool:

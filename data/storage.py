@@ -9,6 +9,7 @@ refreshed when the remote `metadata.json` changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,6 +32,26 @@ def as_path(path: str | os.PathLike[str]) -> epath.Path:
     if is_url(path):
         _require_backend(os.fspath(path))
     return epath.Path(path)
+
+
+def probe_write(directory: str | os.PathLike[str], *, name: str = ".trm-write-probe",
+                tidy: bool = True) -> None:
+    """Create `directory` (a local path or a URL) and its missing parents, write and remove a
+    probe file `name` in it; with `tidy`, remove again the local directories it created (a
+    command stopped by a later check leaves nothing). Raises OSError where any of it fails:
+    permissions, read-only or pseudo file systems (/proc), a file in the way, a full disk."""
+    created = [] if is_url(directory) or not tidy else [
+        p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
+        if not p.exists()]
+    d = as_path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(b"probe")
+        (d / name).unlink()
+    finally:
+        for p in created:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def _require_backend(url: str) -> None:

@@ -179,6 +179,27 @@ def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, 
     assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(taken.iterdir())
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "."], "--out '.' is a directory; give a file path"),
+    (["--out", ""], "--out '' is a directory; give a file path"),
+    (["--plot", "{tmp}/res.json"], "--out and --plot both name {tmp}/res.json"),
+    (["--plot", "{tmp}/x/../same.png", "--arc-submission", "{tmp}/same.png"],
+     "--plot and --arc-submission both name {tmp}/x/../same.png"),
+    (["--plot", "/proc/no_such_dir/p.png"],
+     "cannot write /proc/no_such_dir/p.png: No such file or directory: /proc/no_such_dir"),
+])
+def test_unusable_outputs_are_refused_before_evaluating(checkpoint, tmp_path, capsys, extra,
+                                                        message):
+    """The outputs are checked before the model loads: a clash or an unwritable place would
+    otherwise be found after the whole evaluation, or lose one output to another."""
+    args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",
+            str(tmp_path / "res.json"), *(a.format(tmp=tmp_path) for a in extra)]
+    assert evaluate_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err, err
+    assert "\n" not in err and not any(tmp_path.iterdir())
+
+
 def test_aim_run_in_a_missing_repository_creates_nothing(checkpoint, tmp_path, capsys):
     repo = tmp_path / "no_aim"
     args = ["--checkpoint-dir", str(checkpoint[0]), "--no-progress", "--out",

@@ -22,6 +22,7 @@ import gc
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -52,9 +53,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_TENSORSTORE_ERROR = re.compile(r"\b[A-Z_]+: Error (reading|writing|opening) ")
+"""tensorstore's status text ('OUT_OF_RANGE: Error reading "x" in OCDBT database ...'): its
+futures fail in C++, so their exceptions carry no Python frame to recognise them by."""
+
+
 def _from_orbax(record: logging.LogRecord) -> bool:
     """A log record that orbax or tensorstore raised or logged."""
     if "orbax" in record.pathname:
+        return True
+    if _TENSORSTORE_ERROR.search(record.getMessage()) or (
+            record.exc_info and _TENSORSTORE_ERROR.search(str(record.exc_info[1]))):
         return True
     tb = record.exc_info[2] if record.exc_info else None
     while tb is not None:

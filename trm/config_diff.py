@@ -30,6 +30,11 @@ TRAJECTORY = ("seed", "optim.lr", "optim.lr_min_ratio", "optim.lr_warmup_steps",
 uninterrupted run would have been (its schedules, data order or loss change): a warning."""
 
 
+ONLY_WITH = {"optim.ema_rate": "optim.ema"}
+"""Run settings that matter only while another one is on: no difference when it is off on both
+sides (a run without EMA may change --optim.ema-rate freely)."""
+
+
 MODEL_IMPLEMENTATION = ("remat",)
 """ModelConfig fields that change how the numbers are computed, not which: free on a resume."""
 
@@ -67,5 +72,9 @@ def run_differences(stored: dict[str, Any] | None, requested: RunConfig | None,
         default = defaults[section[0]][name] if section else defaults[name]
         return (tree.get(section[0], {}) if section else tree).get(name, default)
 
+    def unused(path: str) -> bool:
+        switch = ONLY_WITH.get(path)
+        return switch is not None and not get(stored, switch) and not get(wanted, switch)
+
     return [f"{flag_name(p)} stored {get(stored, p)!r}, requested {get(wanted, p)!r}"
-            for p in paths if get(stored, p) != get(wanted, p)]
+            for p in paths if get(stored, p) != get(wanted, p) and not unused(p)]

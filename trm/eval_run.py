@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from data.common import atomic_file, check_output_file
 from data.storage import as_path, is_url, local_copy
 from trm.arc_eval import ArcVoter, Submission, write_submission
-from trm.config import require
+from trm.config import flag_name, require
 from trm.eval_source import ModelSource, check_compatible, check_data, load_model
 from trm.evaluation import (
     Rollout,
@@ -43,7 +44,7 @@ from trm.evaluation import (
     per_step_accuracy,
     rollout,
 )
-from trm.loop import to_global
+from trm.loop import require_arc_data, to_global
 from trm.models import ACTModel
 from trm.preflight import initialize_distributed, split_cpu
 from trm.render import plot_per_step
@@ -144,8 +145,8 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
     if batch_size < 1 or batch_size % mesh.devices.size:
         raise ValueError(f"batch size {batch_size} must be a positive multiple of the "
                          f"{mesh.devices.size} devices")
-    if arc and meta.name != "arc":
-        raise ValueError(f"the ARC evaluator needs an ARC data set, {data_dir} is {meta.name}")
+    if arc:
+        require_arc_data(meta, data_dir)
     voter = (ArcVoter(arc_pairs(data_dir, split), task_ids(data_dir))
              if (meta.name == "arc" if arc is None else arc) else None)
     n_batches = len(eval_dataset(data_dir, global_batch_size=batch_size, split=split))
@@ -201,6 +202,16 @@ class EvalArgs(ModelSource):
             require(self.mesh.data in (-1, self.devices), self, "devices",
                     f"{self.devices} contradicts --mesh.data {self.mesh.data}")
             object.__setattr__(self, "mesh", dataclasses.replace(self.mesh, data=self.devices))
+        for field in ("out", "plot", "arc_submission"):
+            path = getattr(self, field)
+            require(path is None or os.path.basename(path) not in ("", ".", ".."), self, field,
+                    f"{path!r} is a directory; give a file path")
+        named = [f for f in ("out", "plot", "arc_submission") if getattr(self, f) is not None]
+        for i, field in enumerate(named):
+            for other in named[i + 1:]:
+                require(not _same_file(getattr(self, field), getattr(self, other)), self, field,
+                        f"and {flag_name(other)} both name {getattr(self, field)}: give each "
+                        "output its own file")
 
     def output_path(self, suffix: str) -> str:
         """<out without .json><suffix>, next to out (a local path or a URL)."""
@@ -223,6 +234,13 @@ class EvalArgs(ModelSource):
         return [self.out, self.plot or self.output_path("_per_step.png"),
                 self.submission_path(self.split[0], several=False),
                 *(self.submission_path(split, several=True) for split in self.split)]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two output paths (local or URLs) name one file."""
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _open_tracker(args: EvalArgs, default_repo: str) -> Tracker:

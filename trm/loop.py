@@ -36,7 +36,7 @@ from trm.checkpoint import (
     restore_last,
 )
 from trm.cli import RunStopped, warn
-from trm.config import DATA_SET_FIELDS, ModelConfig
+from trm.config import DATA_SET_FIELDS, ModelConfig, flag_name
 from trm.curriculum import linear_anneal, phase_config, phase_index
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
@@ -123,6 +123,24 @@ def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
     kept = (f"the last good checkpoint, step {steps[-1]} in {checkpointer.directory}, is kept"
             if steps else "no checkpoint was saved")
     return f"{error}; stopping before saving it, {kept}"
+
+
+def require_arc_data(metadata: Any, data_dir: str | Path) -> None:
+    """ValueError unless `metadata` is an ARC data set's (the ARC evaluator votes over its
+    augmented copies of each task)."""
+    if metadata.name != "arc":
+        raise ValueError(f"the ARC evaluator needs an ARC data set, {data_dir} is "
+                         f"{metadata.name}")
+
+
+def data_set_mismatches(model: ModelConfig, metadata: Any) -> list[str]:
+    """'--model.seq-len 900 (the data set has 81)' for each of vocab_size and seq_len that a
+    preset or a flag set (not the default) to another value than the data set's: a recipe
+    meant for another kind of data. (num_puzzle_identifiers is always the data set's.)"""
+    default = ModelConfig()
+    return [f"{flag_name('model.' + k)} {getattr(model, k)} (the data set has "
+            f"{getattr(metadata, k)})" for k in ("seq_len", "vocab_size")
+            if getattr(default, k) != getattr(model, k) != getattr(metadata, k)]
 
 
 def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
@@ -238,6 +256,13 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         check_writable(directory)
     data_dir = prepare_data(cfg, progress=progress)
     metadata = load_metadata(data_dir)
+    if "arc" in cfg.eval.evaluators:  # before any work, not at the first evaluation
+        require_arc_data(metadata, data_dir)
+    mismatches = data_set_mismatches(cfg.model, metadata)
+    if mismatches and cfg.data.generate == "none":  # a generated set follows its config
+        line = (f"{data_dir} is a {metadata.name} data set: {', '.join(mismatches)}; the "
+                "model takes the data set's values (a preset meant for other data?)")
+        warn([line])
     model_cfg = model_config_for(cfg.model, metadata)
     total, eval_every = step_budget(cfg, metadata)
     if total < 1:
@@ -316,8 +341,9 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
             if phase_cfg != phase_now:
                 if progress and jax.process_index() == 0:
-                    tqdm.write(f"compiling the train step (H_cycles {phase_cfg.H_cycles}, "
-                               f"L_cycles {phase_cfg.L_cycles}) for step {step}")
+                    cycles = ("" if phase_cfg.arch == "transformers_baseline" else  # no recursion
+                              f" (H_cycles {phase_cfg.H_cycles}, L_cycles {phase_cfg.L_cycles})")
+                    tqdm.write(f"compiling the train step{cycles} for step {step}")
                 state, step_fn = compile_phase(phase_cfg, state)
                 phase_now = phase_cfg
             batch = to_global(next(data_iter), mesh)

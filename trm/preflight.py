@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jax
 
-from data.storage import as_path, is_url, local_copy
+from data.storage import is_url, local_copy, probe_write
 from trm.checkpoint import short_reason
 from trm.cli import RunFailed
 from trm.config import ConfigError
@@ -115,22 +115,11 @@ def check_writable(directory: str) -> None:
     """Write and remove a probe file in `directory`; RunFailed if that fails. Directories it
     had to create for the probe are removed again in a single-process run (a run that stops
     on a later check leaves nothing behind; the checkpointer creates them when it starts)."""
-    d = as_path(directory)
-    # several hosts probe one shared directory at once: only a single process tidies up
-    created = [] if is_url(directory) or jax.process_count() > 1 else [
-        p for p in (Path(directory).absolute(), *Path(directory).absolute().parents)
-        if not p.exists()]
-    probe = d / f".trm-write-probe-{jax.process_index()}"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"probe")
-        probe.unlink()
+    try:  # several hosts probe one shared directory at once: only a single process tidies up
+        probe_write(directory, name=f".trm-write-probe-{jax.process_index()}",
+                    tidy=jax.process_count() == 1)
     except OSError as e:
         raise RunFailed(f"cannot write to {directory}: {short_reason(e)}") from None
-    finally:
-        for p in created:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
 
 
 @contextlib.contextmanager
