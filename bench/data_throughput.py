@@ -23,15 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build, generate, pipeline
 from data.arc import read_arc
-from trm.cli import non_negative_int, positive_int, run_cli
+from trm.cli import int_at_least, non_negative_int, positive_int, run_cli
 
 
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+WARM_UP = 10
+"""Batches read before the clock starts: start-up (workers, lazy loading) and the batches the
+pipeline read ahead meanwhile, which would otherwise come at no cost."""
+
+
 def throughput(it, batches: int, batch: int) -> float:
-    next(it)                                         # start-up (workers, lazy loading)
+    for _ in range(WARM_UP):
+        next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -56,7 +62,9 @@ def main() -> None:
                    help="folder with arc-agi_{training,evaluation,concept}_{challenges,"
                         "solutions}.json (e.g. TRM's kaggle/combined)")
     p.add_argument("--batch", type=positive_int, default=768)
-    p.add_argument("--batches", type=positive_int, default=30)
+    p.add_argument("--batches", type=int_at_least(20), default=30,
+                   help="timed batches, after 10 unmeasured (at least 20: fewer would time "
+                        "batches read ahead during the start-up)")
     p.add_argument("--workers", type=non_negative_int, nargs="+", default=[0, 2])
     p.add_argument("--sudoku-count", type=positive_int, default=2000)
     p.add_argument("--maze-count", type=positive_int, default=1000)

@@ -7,8 +7,8 @@
 Sudoku shapes (seq 81, vocab 11, 16 puzzle-embedding positions), H_cycles 3, L_cycles 6,
 2 layers, attention (RoPE) and mlp_t. FLOPs are counted analytically from the matmuls (the
 recursion runs H_cycles x (L_cycles + 1) network calls forward, and the last
-L_cycles + 1 of them backward at twice the forward cost) and compared with this machine's
-measured float32 matmul FLOP/s. One line per config: median wall seconds per step (min, and
+L_cycles + 1 of them backward at twice the forward cost) and compared with the rate of one
+float32 matmul on one device (the probe; a step split over several devices may exceed it). One line per config: median wall seconds per step (min, and
 the process's CPU seconds, which load from other processes disturbs less), compile time;
 compare against another implementation by ratios measured in the same run.
 """
@@ -118,15 +118,26 @@ def bench_config(hidden: int, mlp_t: bool, dtype: str) -> ModelConfig:
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all)")
+    parser.add_argument("--devices", type=positive_int, default=None,
+                        help="mesh size (default: all)")
     parser.add_argument("--cpu-devices", type=int, default=0,
                         help="at most this many XLA:CPU devices to split the host into, as "
                              "train.py's --mesh.cpu-devices (0: one per core dividing the batch)")
 
 
-def split_host(args: argparse.Namespace) -> None:
-    """The CPU device split of `train.py` (`trm.preflight.split_cpu`), before JAX starts."""
+def split_host(args: argparse.Namespace) -> int:
+    """The CPU device split of `train.py` (`trm.preflight.split_cpu`), before JAX starts; the
+    mesh size. ValueError when --devices asks for more devices than there are, or --batch
+    does not split over them (before any measurement)."""
     split_cpu(MeshConfig(cpu_devices=args.cpu_devices, data=args.devices or -1), args.batch)
+    available = jax.device_count()
+    if args.devices is not None and args.devices > available:
+        raise ValueError(f"--devices {args.devices}: there are {available} device(s) "
+                         "(on a CPU: --cpu-devices)")
+    devices = args.devices or available
+    if args.batch % devices:
+        raise ValueError(f"--batch {args.batch} must be a multiple of the {devices} devices")
+    return devices
 
 
 def main() -> None:
@@ -140,13 +151,11 @@ def main() -> None:
     parser.add_argument("--mixer", nargs="+", default=["attention", "mlp_t"],
                         choices=["attention", "mlp_t"])
     args = parser.parse_args()
-    split_host(args)
-    devices = args.devices or jax.device_count()
-    if args.batch % devices:
-        raise ValueError(f"--batch {args.batch} must be a multiple of the {devices} devices")
+    devices = split_host(args)
     peak = matmul_flops_per_second()
-    print(f"backend={jax.default_backend()} devices={args.devices or jax.device_count()} "
-          f"batch={args.batch} load={os.getloadavg()[0]:.1f}; measured float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    print(f"backend={jax.default_backend()} devices={devices} batch={args.batch} "
+          f"load={os.getloadavg()[0]:.1f}; probe (one 2048 x 2048 float32 matmul, one device): "
+          f"{peak / 1e9:.1f} GFLOP/s")
     results = {}
     for hidden in args.hidden:
         for mixer in args.mixer:
@@ -158,7 +167,7 @@ def main() -> None:
                       f"(min {r['min_s']:.3f}, cpu {r['cpu_s']:.3f})  compile "
                       f"{r['compile_s']:5.1f} s  {r['examples_per_s']:7.1f} ex/s  "
                       f"{r['flops_per_s'] / 1e9:6.1f} GFLOP/s "
-                      f"({100 * r['flops_per_s'] / peak:4.1f}% of f32 matmul)", flush=True)
+                      f"({r['flops_per_s'] / peak:.2f}x the probe matmul's rate)", flush=True)
     for (hidden, mixer, dtype), r in results.items():
         if dtype == "bfloat16" and (hidden, mixer, "float32") in results:
             ratio = results[hidden, mixer, "float32"]["median_s"] / r["median_s"]

@@ -24,6 +24,7 @@ from trm.cli import (
     non_negative_int,
     os_error_line,
     positive_int,
+    reader_gone,
     sigterm_as_interrupt,
 )
 
@@ -117,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             print(_run(args))
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_gone()
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

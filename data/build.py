@@ -81,8 +81,9 @@ def _build_grid_puzzles(name: str, reader: Any, train_csv: Path, test_csv: Path,
     common = dict(name=name, vocab_size=vocab, seq_len=seq, num_puzzle_identifiers=1,
                   grid_size=int(round(seq ** 0.5)), default_num_aug=num_aug, aug_seed=seed)
     common.update(leaks=leaks, fingerprint=fingerprint.make(common))
-    build = dict(train_csv=str(train_csv), test_csv=str(test_csv), subsample_size=subsample_size,
-                 min_rating=min_rating, seed=seed, **(info or {}))
+    build = {"train_csv": str(train_csv), "test_csv": str(test_csv),
+             "subsample_size": subsample_size, "min_rating": min_rating, "seed": seed,
+             **(info or {})}  # info wins (a generated set names no CSV file)
     with atomic_dir(out) as tmp:
         write_puzzles(tmp, "train", train.inputs, train.labels)
         write_puzzles(tmp, "test", test.inputs, test.labels)

@@ -45,10 +45,16 @@ def count_rejections(in_a_row: int, accepted: int | bool, tried: int, *, limit: 
     return in_a_row
 
 
+def require_file(path: Path) -> None:
+    """DataError naming `path` unless it is a file (missing, or a directory)."""
+    if not path.is_file():
+        raise DataError(f"{path}: is a directory, not a file" if path.is_dir()
+                        else f"{path}: file not found")
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a missing or malformed file raises DataError naming it."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     try:
         with open(path) as f:
             return json.load(f)

@@ -175,7 +175,7 @@ def ensure_tiny_dataset(kind: Literal["sudoku", "maze"], out_dir: Path | str, *,
         builder = build.build_sudoku if kind == "sudoku" else build.build_maze
         staged = csv_dir / "built"
         builder(csv_dir / "train.csv", csv_dir / "test.csv", staged, seed=seed,
-                info={"recipe": recipe})
+                info={"recipe": recipe, "train_csv": "(generated)", "test_csv": "(generated)"})
         try:
             os.rename(staged, out)  # atomic; fails when `out` appeared meanwhile
         except OSError:

@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Int, UInt8
 
 from data import validate
-from data.common import DataError
+from data.common import DataError, require_file
 
 HEADER = ["source", "question", "answer", "rating"]
 _CHUNK = 100_000
@@ -34,8 +34,7 @@ class Rows(NamedTuple):
 def _csv_chunks(path: Path) -> Iterator[tuple[list[str], list[str], list[int], list[int]]]:
     """(questions, answers, ratings, line numbers) in chunks; checks header and columns.
     A UTF-8 byte-order mark and empty lines at the end of the file are accepted."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    require_file(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             yield from _rows(path, csv.reader(f))

@@ -23,7 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from data.common import atomic_file
+from data.common import atomic_file, check_can_write_in
+from data.storage import is_url
 from trm.cli import exit_process, run_cli
 
 
@@ -145,7 +146,10 @@ def _run(args: argparse.Namespace) -> None:
     from sweeps.catalog import select
     from sweeps.runner import plan, report, run_all
 
-    runs = plan(select(args.patterns), _settings(args))
+    settings = _settings(args)
+    runs = plan(select(args.patterns), settings)
+    if not args.dry_run and not is_url(settings.run_root):
+        check_can_write_in(settings.run_root)  # before any data set or run starts
     if args.dry_run:
         for r in runs:
             state = ("to run" if not r.finished() else
@@ -165,7 +169,9 @@ def _analyze(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     experiment = args.experiment or settings.experiment
-    analyze(select(args.patterns), settings, args.out or f"{settings.run_root}/analysis",
+    out = args.out or f"{settings.run_root}/analysis"
+    check_can_write_in(out)  # a file in the way, an unwritable place: before the analysis
+    analyze(select(args.patterns), settings, out,
             experiment=None if experiment == "any" else experiment, eval_set=args.set,
             target=args.target)
 

@@ -37,6 +37,8 @@ class RunRecord:
     series: dict[tuple[str, str], Series]
     """(metric name, context key) -> series; context keys are "train" and "eval/<set>"."""
     hashes: list[str]
+    last_step: int | None = None
+    """The step the latest Aim run was to end at (None: not recorded)."""
 
     def get(self, metric: str, context: str) -> Series | None:
         return self.series.get((metric, context))
@@ -116,9 +118,10 @@ def load_runs(path: str | Path, experiment: str | None = None) -> dict[str, RunR
                     last = max(last, float(max(times)))
             seconds += last - created
         latest = runs[-1][1]
-        params = latest.get("num_params")
+        params, last_step = latest.get("num_params"), latest.get("last_step")
         records[name] = RunRecord(
             name=name, hparams=latest.get("hparams") or {},
             num_params=None if params is None else float(params), seconds=seconds,
-            series={k: _merge(v) for k, v in parts.items()}, hashes=[r.hash for _, r in runs])
+            series={k: _merge(v) for k, v in parts.items()}, hashes=[r.hash for _, r in runs],
+            last_step=None if last_step is None else int(last_step))
     return records

@@ -54,6 +54,18 @@ class Row:
     def found(self) -> bool:
         return self.record is not None
 
+    @property
+    def unfinished(self) -> str | None:
+        """'step 13 of 16' for a found run that stopped before its last step (killed,
+        failed, still running), 'no step logged' for one that logged none; else None."""
+        if self.record is None or self.record.last_step is None:
+            return None
+        steps = self.metrics.get("steps")
+        if steps is None:
+            return "no step logged"
+        return f"step {steps:.0f} of {self.record.last_step}" if (
+            steps < self.record.last_step) else None
+
     def value(self, path: str) -> Any:
         """A config value of the run as tracked (as planned, when the run is missing)."""
         tracked = self.record.hparam(path) if self.record else None
@@ -137,7 +149,8 @@ def group_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[l
     shown, raw = [], []
     for r in rows:
         values = [r.value(f) for f in fields]
-        run = r.run if r.found else f"{r.run} (missing)"
+        run = (f"{r.run} (missing)" if not r.found else
+               f"{r.run} (unfinished: {r.unfinished})" if r.unfinished else r.run)
         metrics = [r.metrics.get(k) for k in COLUMNS]
         raw.append([r.entry.name, run, *values, *metrics])
         shown.append([r.entry.name, run, *map(str, values),
@@ -201,8 +214,11 @@ def analyze(entries: Sequence[Experiment], settings: Settings, out: str | Path, 
     plots, skipped = make_plots(rows, out, eval_set=eval_set, target=target)
     files += plots
     lines = [f"# TRM study analysis ({where})", ""]
+    unfinished = list(dict.fromkeys(f"{r.run} ({r.unfinished})" for r in rows if r.unfinished))
     if missing:
         lines += [f"**Missing runs ({len(missing)})**: {', '.join(missing)}", ""]
+    if unfinished:
+        lines += [f"**Unfinished runs ({len(unfinished)})**: {', '.join(unfinished)}", ""]
     lines += [section, "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += [f"- {s}" for s in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -212,6 +228,10 @@ def analyze(entries: Sequence[Experiment], settings: Settings, out: str | Path, 
     if missing:
         say(f"missing {len(missing)} run{'s' * (len(missing) != 1)} (no Aim run with that "
             f"name): {', '.join(missing)}")
+    if unfinished:
+        say(f"unfinished {len(unfinished)} run{'s' * (len(unfinished) != 1)} (stopped before "
+            f"their last step; their figures are those of the last logged step): "
+            f"{', '.join(unfinished)}")
     for s in skipped:
         say(f"plot skipped: {s}")
     return files

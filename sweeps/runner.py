@@ -9,7 +9,9 @@ the first of them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import shlex
 import subprocess
@@ -25,8 +27,9 @@ from sweeps.catalog import PRESET, Experiment, aliases, canonical
 from sweeps.configs import override, tyro_flags
 from sweeps.launch import bash_launch_line, launch_argv
 from sweeps.scale import scale_cpu
+from trm.config import ConfigError
 from trm.presets import PRESETS
-from trm.run_config import RunConfig
+from trm.run_config import RunConfig, parse_cli
 from trm.tracking import repo_data_dir
 
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
@@ -124,9 +127,19 @@ class PlannedRun:
         return self.marker.exists()
 
     def stale(self) -> bool:
-        """Finished with another command line than the current one."""
+        """Finished with another command line than the current one, one that trains another
+        run: where it was tracked (`--track`, `--repo`) and the devices (`--launcher`) do not
+        count."""
         text = self.marker.read_text().strip() if self.finished() else ""
-        return bool(text) and shlex.split(text) != ["train.py", *self.argv]
+        if not text or shlex.split(text) == ["train.py", *self.argv]:
+            return False
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # tyro's report of a bad line
+                done = parse_cli(shlex.split(text)[1:])
+        except (SystemExit, ValueError, ConfigError):  # a line this version no longer parses
+            return True
+        return dataclasses.replace(done, tracking=self.config.tracking,
+                                   mesh=self.config.mesh) != self.config
 
 
 def run_config(e: Experiment | str, settings: Settings) -> RunConfig:

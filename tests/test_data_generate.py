@@ -3,6 +3,7 @@ validity and optimality (independent BFS), CSV round trips, tiny data sets, the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import deque
 
@@ -134,6 +135,8 @@ def test_ensure_tiny_dataset_builds_once(tmp_path):
                                        size=8)
     meta = load_metadata(out)
     assert (meta.seq_len, meta.vocab_size, meta.total_groups) == (64, 6, 12)
+    build = json.loads((out / "metadata.json").read_text())["build"]
+    assert build["train_csv"] == build["test_csv"] == "(generated)"  # no temporary path
     stamp = (out / "metadata.json").stat().st_mtime_ns
     again = generate.ensure_tiny_dataset("maze", tmp_path / "tiny", train_count=12,
                                          test_count=4, size=8)

@@ -71,6 +71,8 @@ def test_sudoku_bad_rows(tmp_path, rows, line, message):
 def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         sources.read_sudoku_csv(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="is a directory, not a file"):
+        sources.read_sudoku_csv(tmp_path)
     (tmp_path / "h.csv").write_text("q,a\n")
     with pytest.raises(DataError, match="line 1: header must be"):
         sources.read_maze_csv(tmp_path / "h.csv")

@@ -22,12 +22,14 @@ TRAIN = {"subset": "train"}
 
 
 def _run(repo: Path, name: str, *, evals: dict[int, float], train: range, train_acc: float,
-         params: int = 1000, experiment: str = "trm-study", settings: Settings) -> None:
+         params: int = 1000, experiment: str = "trm-study", settings: Settings,
+         last_step: int = 10) -> None:
     run = aim.Run(repo=str(repo), experiment=experiment, system_tracking_interval=None,
                   capture_terminal_logs=False)
     run.name = name
     run["hparams"] = hparams(run_config(name, settings))
     run["num_params"] = params
+    run["last_step"] = last_step
     for step in train:
         for metric, value in (("exact_accuracy", train_acc), ("steps", 3.0),
                               ("lm_loss", 1.0 / step), ("examples_per_s", 100.0 * step)):
@@ -45,9 +47,10 @@ def study(tmp_path_factory) -> tuple[Path, Settings]:
     repo = tmp_path_factory.mktemp("aim")
     settings = Settings(root=str(repo / "runs"), repo=str(repo))
     grid = {"baseline": 0.8, "exp02a_01": 0.6, "tn_H2_L2": 0.4, "exp02b_02": 0.7}
-    for i, (name, acc) in enumerate(grid.items()):
+    for i, (name, acc) in enumerate(grid.items()):  # exp02b_02 was killed at step 10 of 20
         _run(repo, name, evals={5: acc / 2, 10: acc}, train=range(1, 11), train_acc=acc + 0.1,
-             params=1000 * (i + 1), settings=settings)
+             params=1000 * (i + 1), settings=settings,
+             last_step=20 if name == "exp02b_02" else 10)
     # exp05_a was resumed: a second Aim run continues from step 6 (its step 6 wins)
     _run(repo, "exp05_a", evals={5: 0.3}, train=range(1, 7), train_acc=0.2, settings=settings)
     _run(repo, "exp05_a", evals={10: 0.6}, train=range(6, 11), train_acc=0.5, settings=settings)
@@ -107,6 +110,12 @@ def test_analyze_writes_tables_and_plots(study, tmp_path):
         assert png.read_bytes()[:4] == b"\x89PNG"
     for group in ("exp02a", "exp02b", "tn_grid"):
         assert (tmp_path / f"{group}.csv").is_file()
+    with open(tmp_path / "exp02b.csv") as f:
+        runs = [r["run"] for r in csv.DictReader(f)]
+    assert "exp02b_02 (unfinished: step 10 of 20)" in runs
+    assert not any("unfinished" in r for r in runs if not r.startswith("exp02b_02"))
+    assert "**Unfinished runs (1)**: exp02b_02 (step 10 of 20)" in report
+    assert any(m.startswith("unfinished 1 run ") and "exp02b_02" in m for m in messages)
 
 
 def test_analyze_says_what_is_missing(study, tmp_path):

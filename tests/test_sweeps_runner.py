@@ -66,6 +66,15 @@ def test_run_all_keeps_going_after_a_failure_and_skips_finished_runs(tmp_path, f
     assert "finished with another command line" in said[0] and "--force reruns it" in said[0]
     forced = run_all(runs[:1], force=True, poll_s=0.05, say=said.append)
     assert forced[0].status == "done" and not runs[0].stale()
+    # tracked elsewhere or not at all, or through a launcher: the same run, not stale
+    for other in (Settings(root=str(tmp_path / "runs"), track=True, repo=str(tmp_path / "aim")),
+                  Settings(root=str(tmp_path / "runs"), track=False, launcher="srun")):
+        (tmp_path / "runs/exp05_a/DONE").write_text(
+            plan(select("exp05_a"), other)[0].command + "\n")
+        assert not runs[0].stale()
+    lr = plan(select("exp05_a"), Settings(root=str(tmp_path / "runs"), track=False))[0]
+    (tmp_path / "runs/exp05_a/DONE").write_text(lr.command + " --optim.lr 0.5\n")
+    assert runs[0].stale()
 
 
 def test_generated_script_runs_and_reports_failures(tmp_path, fake_train):
@@ -113,3 +122,24 @@ def test_cli(tmp_path, capsys, fake_train):
     assert "to run" in capsys.readouterr().out
     assert main(["run", "exp05_b", "--root", str(tmp_path / "r"), "--no-track"]) == 1
     assert "1 failed" in capsys.readouterr().out
+
+
+def test_unwritable_places_are_one_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["run", "exp05_a", "--scale", "cpu", "--root", "/proc/no_such_root"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: cannot write /proc/no_such_root: No such file or directory: /proc/no_such_root")
+    assert main(["analyze", "exp05", "--scale", "cpu", "--repo", str(tmp_path / "aim"),
+                 "--out", str(tmp_path / "a_file")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_output_piped_into_a_reader_that_exits_ends_quietly():
+    """`python -m sweeps list | head -1`: no 'Broken pipe' error, SIGPIPE's status (141)."""
+    listing = subprocess.Popen([sys.executable, "-m", "sweeps", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    listing.stdout.close()  # the reader has exited before the first line is written
+    assert listing.wait(timeout=60) == 141
+    assert listing.stderr.read() == b""

@@ -114,13 +114,25 @@ def parse_args(cls: type[T], args: list[str], prog: str) -> T:
         raise flag_error(e, {c: "" for c in cls.__mro__} | nested) from None
 
 
+def reader_gone() -> int:
+    """After BrokenPipeError (the output piped into `head`, which has exited): send what is
+    still buffered nowhere, so that the interpreter's exit prints nothing; the exit status of
+    a process killed by SIGPIPE (141)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
     a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1, Ctrl-C
-    130 (`interrupted`) and SIGTERM 143 (`terminated`)."""
+    130 (`interrupted`) and SIGTERM 143 (`terminated`); output piped into a reader that
+    has exited (`| head`) ends quietly with 141."""
     try:
         with sigterm_as_interrupt():
             main(argv)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_gone()
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
