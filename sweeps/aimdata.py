@@ -33,7 +33,7 @@ class RunRecord:
     hparams: dict[str, Any]
     num_params: float | None
     seconds: float
-    """Wall time: sum over its Aim runs of (last metric time - creation time)."""
+    """Wall time of its trajectory (`trajectory_seconds`)."""
     series: dict[tuple[str, str], Series]
     """(metric name, context key) -> series; context keys are "train" and "eval/<set>"."""
     hashes: list[str]
@@ -90,6 +90,22 @@ def _merge(parts: list[Series]) -> Series:
     return Series(steps[keep], values[keep], times[keep])
 
 
+def trajectory_seconds(segments: list[tuple[float, list[Series], int | None]]) -> float:
+    """Wall seconds of one run from its Aim runs ("segments", in creation order), each given as
+    (creation time, metric series, the step it resumed from or None).
+
+    A segment counts from its creation to its last metric; when the next segment resumed from
+    step s, only to its last metric at a step <= s: the steps redone after a restart (past the
+    checkpoint it resumed from) count once.
+    """
+    total = 0.0
+    for i, (created, series, _) in enumerate(segments):
+        until = segments[i + 1][2] if i + 1 < len(segments) else None
+        times = [s.times[s.steps <= until] if until is not None else s.times for s in series]
+        total += max([created, *(float(t.max()) for t in times if len(t))]) - created
+    return total
+
+
 def load_runs(path: str | Path, experiment: str | None = None) -> dict[str, RunRecord]:
     """Run name -> merged record, for the runs of `experiment` (None: all) in the repo."""
     repo = open_repo(path)
@@ -105,23 +121,23 @@ def load_runs(path: str | Path, experiment: str | None = None) -> dict[str, RunR
     for name, runs in found.items():
         runs.sort(key=lambda x: x[0])
         parts: dict[tuple[str, str], list[Series]] = {}
-        seconds = 0.0
+        segments = []
         for created, run in runs:
-            last = created
+            series = []
             for metric in run.metrics():
                 steps, (values, _, times) = metric.data.items_list()
-                key = (metric.name, context_key(metric.context.to_dict()))
-                parts.setdefault(key, []).append(Series(
-                    np.asarray(steps, np.int64), np.asarray(values, np.float64),
-                    np.asarray(times, np.float64)))
-                if len(times):
-                    last = max(last, float(max(times)))
-            seconds += last - created
+                series.append(Series(np.asarray(steps, np.int64),
+                                     np.asarray(values, np.float64), np.asarray(times, np.float64)))
+                parts.setdefault((metric.name, context_key(metric.context.to_dict())),
+                                 []).append(series[-1])
+            start = run.get("start_step")
+            segments.append((created, series, None if start is None else int(start)))
         latest = runs[-1][1]
         params, last_step = latest.get("num_params"), latest.get("last_step")
         records[name] = RunRecord(
             name=name, hparams=latest.get("hparams") or {},
-            num_params=None if params is None else float(params), seconds=seconds,
+            num_params=None if params is None else float(params),
+            seconds=trajectory_seconds(segments),
             series={k: _merge(v) for k, v in parts.items()}, hashes=[r.hash for _, r in runs],
             last_step=None if last_step is None else int(last_step))
     return records

@@ -87,6 +87,8 @@ def test_eval_lines_and_only_measured_train_metrics(tmp_path, data_dir, capsys):
     found = aim.Repo.from_path(str(repo))
     (run_hash,) = found.list_all_runs()
     RepoIndexManager.get_index_manager(found).index(run_hash)
+    run = found.get_run(run_hash)
+    assert (run["start_step"], run["last_step"]) == (0, 12)  # for sweeps' times and "unfinished"
     train_steps = {}
     for metric in found.query_metrics("metric.context.subset == 'train'").iter():
         steps, (values, _, _) = metric.data.items_list()

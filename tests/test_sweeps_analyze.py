@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.aimdata import Series, _merge, load_runs
+from sweeps.aimdata import Series, _merge, load_runs, trajectory_seconds
 from sweeps.analyze import analyze
 from sweeps.catalog import select
 from sweeps.runner import Settings, run_config
@@ -79,6 +79,22 @@ def test_merge_keeps_the_later_value_of_a_step():
     b = Series(np.array([3, 4]), np.array([30.0, 40.0]), np.ones(2))
     m = _merge([a, b])
     assert m.steps.tolist() == [1, 2, 3, 4] and m.values.tolist() == [1.0, 2.0, 30.0, 40.0]
+
+
+def test_trajectory_seconds_counts_redone_steps_once():
+    """A run killed at step 9 after a checkpoint at 6, resumed from 6: its first segment counts
+    until step 6 was logged; segments without a recorded resume step count whole."""
+    def series(steps, t0):
+        steps = np.array(steps)
+        return Series(steps, np.zeros(len(steps)), t0 + 10.0 * steps)
+    first = (100.0, [series(range(1, 10), 100.0)], 0)  # steps 1..9 at 110..190
+    second = (500.0, [series(range(7, 13), 500.0 - 60.0)], 6)  # steps 7..12 at 510..560
+    assert trajectory_seconds([first, second]) == pytest.approx(60.0 + 60.0)
+    assert trajectory_seconds([first]) == pytest.approx(90.0)
+    assert trajectory_seconds([first, (second[0], second[1], None)]) == pytest.approx(150.0)
+    restarted = (500.0, [series([1, 2], 500.0)], 0)  # a fresh start redoes everything
+    assert trajectory_seconds([first, restarted]) == pytest.approx(20.0)
+    assert trajectory_seconds([(5.0, [], None)]) == 0.0
 
 
 def test_analyze_writes_tables_and_plots(study, tmp_path):

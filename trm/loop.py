@@ -330,6 +330,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     if tracker.enabled:
         tracker.run["num_params"] = int(sum(x.size for x in jax.tree.leaves(
             state.model) if hasattr(x, "size")))
+        tracker.run["start_step"] = start  # resumed from (sweeps: redone steps count once)
         tracker.run["last_step"] = last_step  # the step this run stops at when it finishes
     evals: dict[str, dict[str, float]] = {}
     bar = tqdm(total=last_step, initial=start, disable=not progress or jax.process_index() != 0,
