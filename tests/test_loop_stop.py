@@ -81,6 +81,38 @@ def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, wo
                            progress=False).steps == steps[-1] + 1
 
 
+def test_sigterm_saves_the_step_reached_and_the_run_resumes_exactly(tmp_path, data_dir):
+    """A preemption notice between checkpoints: the step reached is saved (with the data
+    position), so resuming from it gives the same state as a run that was never stopped."""
+    ensure = train(parse_cli(tiny_args(tmp_path / "data_made", data_dir, "--max-steps", "1")),
+                   progress=False)  # the data set exists before the timed part
+    assert ensure.steps == 1
+    def args(run: str, *extra: str) -> list[str]:  # 600 steps, no checkpoint before the end
+        return tiny_args(tmp_path / run, data_dir, "--optim.epochs", "100",
+                         "--eval.eval-interval", "100", *extra)
+    proc = subprocess.Popen([sys.executable, "train.py", *args("run")], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:  # compiled: steps are running
+        if line.startswith("compiling the train step"):
+            break
+    time.sleep(np.random.default_rng().uniform(1.0, 2.0))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    *_, notice, last = messages(err)
+    assert last == "terminated" and "Traceback" not in err, err[-2000:]
+    (step,) = saved_steps(tmp_path / "run")
+    assert 1 <= step < 600
+    assert notice == (f"notice: saved checkpoint step {step} before stopping; rerun the "
+                      "command to resume")
+    until = ["--max-steps", str(step + 2)]
+    resumed = train(parse_cli(args("run", *until)), progress=False)
+    straight = train(parse_cli(args("straight", *until)), progress=False)
+    assert resumed.steps == straight.steps == step + 2
+    for a, b in zip(leaves(straight.state), leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, data_dir,
                                                                      capsys):
     """(Each in-process `train` releases its lock: other tests train twice on one run dir.)"""

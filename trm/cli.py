@@ -81,6 +81,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Within the block a SIGTERM is held back and raised as Terminated when the block ends, so
+    that what the block updates together (a train step's state and the data iterator's
+    position) is never left half-updated; outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        raise Terminated
+
+
 def interrupted(e: KeyboardInterrupt, detail: str = "") -> int:
     """Print `interrupted` / `terminated` (+ detail) on stderr; the exit status: 130 for
     SIGINT, 143 for SIGTERM (128 + the signal number, as the shell reports them)."""

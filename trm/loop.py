@@ -35,9 +35,10 @@ from trm.checkpoint import (
     average_trees,
     restore_last,
 )
-from trm.cli import RunStopped, warn
+from trm.cli import RunStopped, Terminated, sigterm_deferred, warn
 from trm.config import DATA_SET_FIELDS, ModelConfig, flag_name
 from trm.curriculum import linear_anneal, phase_config, phase_index
+from trm.integrity import all_finite
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.preflight import (
@@ -348,8 +349,9 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                     tqdm.write(f"compiling the train step{cycles} for step {step}")
                 state, step_fn = compile_phase(phase_cfg, state)
                 phase_now = phase_cfg
-            batch = to_global(next(data_iter), mesh)
-            state, sums = step_fn(state, batch)
+            with sigterm_deferred():  # the state and the data position move together
+                batch = to_global(next(data_iter), mesh)
+                state, sums = step_fn(state, batch)
             checkpointer.check_for_errors()  # a failed async save stops the run now
             if pending is not None:
                 report.train_step(*_fetch(pending, o.global_batch_size))
@@ -374,8 +376,15 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         message = _stop_message(e, checkpointer)
         checkpointer.close()
         raise NonFiniteLossError(message) from None
-    except BaseException:
+    except Terminated:
+        bar.close()
         with contextlib.suppress(Exception):  # the first error is the one to report
+            save_before_stopping(checkpointer, with_model_config(state, model_cfg), data_iter)
+        with contextlib.suppress(Exception):
+            checkpointer.close()
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
             checkpointer.close()
         raise
     finally:
@@ -383,6 +392,24 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         tracker.close()
     return TrainResult(state=state, steps=int(state.step), train_metrics=report.history,
                        eval_metrics=evals)
+
+
+def save_before_stopping(checkpointer: Checkpointer, state: TrainState,
+                         data_iter: Any) -> None:
+    """On SIGTERM (a scheduler's stop or a preemption notice), save the step reached unless it
+    is saved already, and say so on stderr. Single-process runs only: the processes of a
+    multi-host run would each save whatever step they had reached (they keep their last
+    periodic checkpoint; see --checkpoint.every-n-steps)."""
+    step = int(state.step)
+    if jax.process_count() > 1 or step == 0 or step in checkpointer.all_steps():
+        return
+    if not bool(all_finite((state.model, state.ema, state.opt_state))):  # as a train step checks
+        print(f"notice: step {step} is not finite: not saved", file=sys.stderr, flush=True)
+        return
+    checkpointer.save(step, state, data_iter, force=True)
+    checkpointer.wait_until_finished()
+    print(f"notice: saved checkpoint step {step} before stopping; rerun the command to resume",
+          file=sys.stderr, flush=True)
 
 
 def _scalar_evals(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
