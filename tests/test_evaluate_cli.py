@@ -102,6 +102,29 @@ def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
     assert len(doc["sets"]["test"]["per_step"]["exact_accuracy_at_step"]) == 2
 
 
+def test_official_config_without_data_set_sizes_takes_them_from_the_weights(sudoku_dir,
+                                                                          tmp_path):
+    """An all_config.yaml (no vocab_size / seq_len / num_puzzle_identifiers, as official runs
+    write it; here HRM's own module name `hrm.hrm_act_v1`): the puzzle identifiers are the
+    weights' 5 rows, not the data set's 1, and the vocabulary the weights' 11."""
+    fixture = FIXTURES / "hrm_official_attn_rope.npz"
+    with np.load(fixture) as f:
+        fields = json.loads(str(f["config_json"]))["model"]
+    arch = {k: v for k, v in fields.items()
+            if k not in ("seq_len", "vocab_size", "num_puzzle_identifiers")}
+    lines = ["arch:", "  name: hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
+             "  loss: {name: losses@ACTLossHead, loss_type: stablemax_cross_entropy}",
+             *(f"  {k}: {json.dumps(v)}" for k, v in arch.items())]
+    config = tmp_path / "all_config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "official.json"
+    assert evaluate_cli.main(["--official-weights", str(fixture), "--official-config",
+                              str(config), "--data-dir", str(sudoku_dir), "--batch-size", "8",
+                              "--no-progress", "--out", str(out)]) == 0
+    model = json.loads(out.read_text())["source"]["model"]
+    assert (model["arch"], model["num_puzzle_identifiers"], model["vocab_size"]) == ("hrm", 5, 11)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint-dir", "{tmp}/nowhere"], "no such checkpoint directory"),
     (["--checkpoint-dir", "{ckpt}", "--step", "3"], "no step 3"),

@@ -29,7 +29,12 @@ from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, require
 from trm.config_diff import to_json
 from trm.integrity import all_finite
 from trm.models import ACTModel, build_model, replace_config
-from trm.models.official import config_from_official, from_official_state_dict, load_state_dict_file
+from trm.models.official import (
+    config_from_official,
+    from_official_state_dict,
+    load_state_dict_file,
+    sizes_from_state_dict,
+)
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, RunConfig
 from trm.train_step import TrainState, eval_model, init_train_state
@@ -196,7 +201,9 @@ def import_official(weights: str | Path, config: str | Path | None,
                     data_metadata: Any | None = None) -> LoadedModel:
     """An official state dict under its architecture config. vocab_size, seq_len and
     num_puzzle_identifiers come from the config when it has them (fixtures do), else from the
-    data set (as the official code takes them)."""
+    weights (the rows of the token and puzzle embeddings), else from the data set (as the
+    official code takes them): whether the model can read the data set is then
+    `check_compatible`'s to say."""
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file")
@@ -206,12 +213,14 @@ def import_official(weights: str | Path, config: str | Path | None,
                              "holding config_json")
         config = weights
     arch, loss_type = read_official_config(config)
+    state_dict = load_state_dict_file(weights)
+    arch = {**sizes_from_state_dict(state_dict), **arch}
     missing = [k for k in DATA_SET_FIELDS if k not in arch]
     if missing and data_metadata is None:
         raise ValueError(f"the official config lacks {', '.join(missing)}; give --data-dir")
     arch = {**{k: getattr(data_metadata, k) for k in missing}, **arch}
     model_cfg = config_from_official(dict(arch, halt_exploration_prob=0.0), loss_type)
-    model = from_official_state_dict(load_state_dict_file(weights), model_cfg)
+    model = from_official_state_dict(state_dict, model_cfg)
     if not bool(all_finite(eqx.filter(model, eqx.is_array))):
         raise ValueError(f"{weights}: the weights hold non-finite numbers (NaN/Inf)")
     return LoadedModel(model, {"official_weights": str(weights), "official_config": str(config),

@@ -36,9 +36,26 @@ class StateDictError(ValueError):
 _PREFIXES = ("_orig_mod.", "model.")
 
 
+ARCH_ALIASES = {"hrm_act_v1": "hrm"}
+"""Module names of the original HRM repository (sapientinc/HRM, `hrm.hrm_act_v1@...`) for
+the architecture that the official TRM code carries as `recursive_reasoning.hrm`."""
+
+
 def arch_from_official_name(name: str) -> str:
-    """`recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1` (or just `hrm`) -> `hrm`."""
-    return name.split("@")[0].split(".")[-1]
+    """`recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1` (or just `hrm`, or HRM's
+    own `hrm.hrm_act_v1@...`) -> `hrm`."""
+    module = name.split("@")[0].split(".")[-1]
+    return ARCH_ALIASES.get(module, module)
+
+
+def sizes_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, int]:
+    """vocab_size (the token embedding's rows) and num_puzzle_identifiers (the puzzle
+    embedding's rows, when the weights have one) as an official state dict holds them."""
+    sd = {strip_prefix(k): v for k, v in state_dict.items()}
+    rows = {"vocab_size": "inner.embed_tokens.embedding_weight",
+            "num_puzzle_identifiers": "inner.puzzle_emb.weights"}
+    return {field: int(np.shape(sd[name])[0]) for field, name in rows.items()
+            if name in sd and np.ndim(sd[name]) == 2}
 
 
 OFFICIAL_ARCH_KEYS = ("hidden_size", "num_heads", "expansion")
