@@ -23,7 +23,7 @@ import numpy as np
 
 from data.arc import Pool
 from data.common import DataError
-from data.store import read_metadata_json
+from data.store import array_files, read_metadata_json
 
 VERSION = 1
 _SCALARS = ("version", "kind", "vocab_size", "seq_len", "num_puzzle_identifiers")
@@ -106,3 +106,31 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
     if allow_mismatch:
         return [f"{what}; proceeding ({flag})"]
     raise DataError(f"{what}: rebuild it as the training set was built, or pass {flag}")
+
+
+def contents(data_dir: str | Path) -> str:
+    """Digest of the data set's array files (their bytes, in `array_files` order): what a
+    resumed run reads must be what it was trained on, whatever the fingerprint allows (a
+    rebuild from other CSVs, another set copied under the same path)."""
+    data_dir = Path(data_dir)
+    h = hashlib.sha256()
+    for path in array_files(data_dir, read_metadata_json(data_dir)):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_contents(trained: str | None, data_dir: str | Path, *, allow_mismatch: bool,
+                   flag: str) -> list[str]:
+    """Resume: compare the `contents` digest a run was trained on with data set `data_dir`'s
+    (None: a checkpoint written before digests, not checked). Warning lines when they differ
+    and `allow_mismatch`; DataError naming `flag` otherwise."""
+    if trained is None or trained == contents(data_dir):
+        return []
+    what = (f"{data_dir} holds other puzzles than the run was trained on (another build or "
+            "another set under this path): the data order and the schedule's length would "
+            "change")
+    if allow_mismatch:
+        return [f"{what}; proceeding ({flag})"]
+    raise DataError(f"{what}; give the data set it was trained on, or pass {flag}")

@@ -6,7 +6,8 @@ Each step directory holds three items:
   restore template, so they are never written;
 - `data_iter`: a Grain iterator's position, for an exact resume (optional);
 - `config`: JSON `{"model": ModelConfig fields, "run": RunConfig fields, "data": the training
-  data set's fingerprint (data/fingerprint.py) or null, "digests": ...}`. A restore whose
+  data set's fingerprint (data/fingerprint.py) or null, "data_contents": the digest of its
+  arrays (`fingerprint.contents`, checked on resume) or null, "digests": ...}`. A restore whose
   requested ModelConfig (or state-shaping run setting) differs from the stored one is refused,
   naming the flags; `digests` (`trm.integrity`) are checked after a restore.
 Retention: the `keep_last` most recent steps, plus the best step by `keep_best_metric`.
@@ -140,13 +141,13 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], cfg: CheckpointConfig,
                  model_config: ModelConfig, run_config: RunConfig | None = None,
                  data_fingerprint: dict[str, Any] | None = None, read_only: bool = False,
-                 ) -> None:
+                 data_contents: str | None = None) -> None:
         self.model_config = model_config
         self._run_config = run_config
         self._writing: int | None = None  # the last step handed to the manager
         self._config_json = {"model": to_json(model_config),
                              "run": None if run_config is None else to_json(run_config),
-                             "data": data_fingerprint}
+                             "data": data_fingerprint, "data_contents": data_contents}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
             create=not read_only, read_only=read_only,
@@ -199,8 +200,8 @@ class Checkpointer:
 
     def stored_config(self, step: int | None = None) -> dict[str, Any]:
         """The `{"model": ..., "run": ..., "data": ...}` JSON saved with `step` (default:
-        latest), model fields in today's names; "data" is absent from checkpoints written
-        before fingerprints. Raises UnusableCheckpoint when it cannot be read."""
+        latest), model fields in today's names; "data" ("data_contents") is absent from
+        checkpoints written before fingerprints (content digests). Raises UnusableCheckpoint when it cannot be read."""
         step = self._step_or_latest(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(

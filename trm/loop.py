@@ -300,13 +300,16 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
 
     held.enter_context(run_lock(cfg.checkpoint_dir))  # all checks passed: the run starts
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
-                                data_fingerprint=fingerprint.read(data_dir))
+                                data_fingerprint=fingerprint.read(data_dir),
+                                data_contents=fingerprint.contents(data_dir))
     if cfg.checkpoint.resume and checkpointer.all_steps():
         # another data set first: it would also show as another model config
         with contextlib.suppress(UnusableCheckpoint):  # `resume` reports and skips it
-            warn(fingerprint.check(checkpointer.stored_config().get("data"), data_dir,
-                                   allow_mismatch=cfg.data.allow_mismatch,
-                                   flag="--data.allow-mismatch"))
+            stored = checkpointer.stored_config()
+            allow = dict(allow_mismatch=cfg.data.allow_mismatch, flag="--data.allow-mismatch")
+            warn(fingerprint.check(stored.get("data"), data_dir, **allow))
+            if stored.get("data") == fingerprint.read(data_dir):  # else said above
+                warn(fingerprint.check_contents(stored.get("data_contents"), data_dir, **allow))
         state = resume(checkpointer, state, data_iter)
     elif checkpointer.all_steps():  # a fresh run would stop at its first save, on their steps
         checkpointer.close()
