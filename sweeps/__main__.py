@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from data.common import atomic_file, check_can_write_in
 from data.storage import is_url
-from trm.cli import exit_process, run_cli
+from trm.cli import exit_process, positive_int, run_cli
 
 
 def _accuracy(text: str) -> float:
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sc = cmd.add_parser("script", help="write a shell script of train.py commands")
     sc.add_argument("-o", "--output", help="script file (default: stdout)")
     rn = cmd.add_parser("run", help="train the selected runs")
-    rn.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    rn.add_argument("--jobs", type=positive_int, default=1, help="runs at a time (default 1)")
     rn.add_argument("--force", action="store_true", help="also rerun finished runs")
     an = cmd.add_parser("analyze", help="tables and plots from the Aim repository")
     an.add_argument("--out", help="output folder (default <root>/analysis)")
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "'any' reads every run)")
     for q in (show, sc, rn, an):
         q.add_argument("--scale", choices=("cpu",), help="shrink every run to CPU size")
-        q.add_argument("--steps", type=int, default=16,
+        q.add_argument("--steps", type=positive_int, default=16,
                        help="optimiser steps per run with --scale cpu (default 16)")
         q.add_argument("--root", help="run directories go under ROOT "
                                       "(default runs/study, runs/study-cpu with --scale)")

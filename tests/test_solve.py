@@ -159,3 +159,9 @@ def test_cli(checkpoint, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err
         assert not out.exists()
+
+
+def test_evaluate_help_names_the_solve_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate_cli.main(["--help"])
+    assert stop.value.code == 0 and "python evaluate.py solve --help" in capsys.readouterr().out

@@ -120,6 +120,9 @@ def test_cli(tmp_path, capsys, fake_train):
     assert "--scale cpu" in target.read_text().splitlines()[1]
     assert main(["run", "exp05_a", "--dry-run", "--root", str(tmp_path / "r")]) == 0
     assert "to run" in capsys.readouterr().out
+    for flag in ("--jobs", "--steps"):  # also with --dry-run, which runs nothing
+        assert main(["run", "exp05_a", "--dry-run", "--scale", "cpu", flag, "0"]) == 2
+        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["run", "exp05_b", "--root", str(tmp_path / "r"), "--no-track"]) == 1
     assert "1 failed" in capsys.readouterr().out
 

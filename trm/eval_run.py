@@ -163,7 +163,8 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
 
 @dataclasses.dataclass(frozen=True)
 class EvalArgs(ModelSource):
-    """Evaluate a checkpoint or official weights on data set splits."""
+    """Evaluate a checkpoint or official weights on data set splits. One puzzle's prediction
+    after every supervision step: `python evaluate.py solve --help`."""
 
     data_dir: str | None = None
     """Built data set directory (default: the checkpoint's training data)."""
