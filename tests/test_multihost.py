@@ -11,9 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import equinox as eqx
+import jax
+import numpy as np
 import pytest
 from test_data_fixtures import built_arc, built_sudoku
 from test_evaluate_cli import save_tiny_checkpoint
+
+from trm.eval_source import restore_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +76,12 @@ def test_two_processes_match_one(tmp_path):
     assert "eval test" not in outs[1]  # process 0 alone prints
     saved = {p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()}
     assert "6" in saved
+    # the weights agree up to the order of the cross-process gradient sum (~1e-6)
+    multi, one = (jax.tree.leaves(eqx.filter(restore_checkpoint(
+        tmp_path / run / "checkpoints", 6, raw_weights=True).model, eqx.is_array))
+        for run in ("multi", "single"))
+    for a, b in zip(multi, one, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5)
 
 
 TIMING = ("seconds", "puzzles_per_s")
