@@ -81,6 +81,29 @@ def test_a_signal_stops_training_with_one_line(tmp_path, data_dir, sig, code, wo
                            progress=False).steps == steps[-1] + 1
 
 
+def test_a_signal_while_generating_the_data_set_leaks_nothing(tmp_path):
+    """SIGTERM while the generator's worker pool runs: `terminated`, no data set, and no
+    "leaked semaphore" warning from multiprocessing's resource tracker (which prints after the
+    process has ended)."""
+    err_file = tmp_path / "err.txt"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *tiny_args(tmp_path / "run", tmp_path / "data",
+                                                    "--data.num-train", "3000")],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while time.time() < deadline and "sudoku:" not in err_file.read_text():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    time.sleep(2.0)  # the resource tracker's warning, if any, comes after the exit
+    text = err_file.read_text()
+    assert "sudoku:" in text and messages(text)[-1] == "terminated", text[-2000:]
+    assert "leaked" not in text and "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "data").exists()
+
+
 def test_sigterm_saves_the_step_reached_and_the_run_resumes_exactly(tmp_path, data_dir):
     """A preemption notice between checkpoints: the step reached is saved (with the data
     position), so resuming from it gives the same state as a run that was never stopped."""

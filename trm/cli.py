@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -112,6 +113,7 @@ def exit_process(code: int) -> NoReturn:
     shutdown is skipped: XLA work still in flight when the signal came can crash it
     (segfaults, `pure virtual method called`). Files and checkpoints are closed by then."""
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        gc.collect()  # what the stop left unreachable (a worker pool's semaphores) is released
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
