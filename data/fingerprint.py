@@ -109,12 +109,17 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
 
 
 def contents(data_dir: str | Path) -> str:
-    """Digest of the data set's array files (their bytes, in `array_files` order): what a
-    resumed run reads must be what it was trained on, whatever the fingerprint allows (a
-    rebuild from other CSVs, another set copied under the same path)."""
+    """Digest of the array files a run trains on (their bytes, in `array_files` order: the
+    train split's, ARC's shared tables whole): what a resumed run reads must be what it was
+    trained on, whatever the fingerprint allows (a rebuild from other CSVs, another set copied
+    under the same path). The test split of Sudoku and maze sets is left out: evaluating on
+    other test puzzles changes no training."""
     data_dir = Path(data_dir)
+    doc = read_metadata_json(data_dir)
     h = hashlib.sha256()
-    for path in array_files(data_dir, read_metadata_json(data_dir)):
+    for path in array_files(data_dir, doc):
+        if doc.get("name") != "arc" and path.parent.name != "train":
+            continue
         with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 h.update(chunk)
@@ -128,9 +133,9 @@ def check_contents(trained: str | None, data_dir: str | Path, *, allow_mismatch:
     and `allow_mismatch`; DataError naming `flag` otherwise."""
     if trained is None or trained == contents(data_dir):
         return []
-    what = (f"{data_dir} holds other puzzles than the run was trained on (another build or "
-            "another set under this path): the data order and the schedule's length would "
-            "change")
+    what = (f"{data_dir} holds other training puzzles than the run was trained on (another "
+            "build or another set under this path): the data order and the schedule's length "
+            "would change")
     if allow_mismatch:
         return [f"{what}; proceeding ({flag})"]
     raise DataError(f"{what}; give the data set it was trained on, or pass {flag}")

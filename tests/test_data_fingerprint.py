@@ -118,23 +118,27 @@ def test_resume_refuses_another_data_set(arc_sets, checkpoint_on_a):
 def test_resume_refuses_other_puzzles_under_one_fingerprint(tmp_path, capsys):
     """Two Sudoku sets share a fingerprint (evaluating on either is fine) but not their
     puzzles: a run resumed on the other one is refused, or warned about with the flag."""
-    (tmp_path / "s1").mkdir()
-    (tmp_path / "s2").mkdir()
+    for name in ("s1", "s2", "s3"):
+        (tmp_path / name).mkdir()
     first, other = built_sudoku(tmp_path / "s1", 16, 4), built_sudoku(tmp_path / "s2", 24, 4)
+    other_test = built_sudoku(tmp_path / "s3", 16, 6)  # the same training puzzles
     assert fingerprint.read(first) == fingerprint.read(other)
     assert fingerprint.contents(first) != fingerprint.contents(other)
+    assert fingerprint.contents(first) == fingerprint.contents(other_test)
     root = tmp_path / "run"
     assert train(parse_cli([*_run_args(root, first), "--max-steps", "1"]),
                  progress=False).steps == 1
-    with pytest.raises(DataError, match="holds other puzzles than the run was trained on.*"
-                                        "pass --data.allow-mismatch$"):
-        train(parse_cli([*_run_args(root, other), "--max-steps", "2"]), progress=False)
+    assert train(parse_cli([*_run_args(root, other_test), "--max-steps", "2"]),
+                 progress=False).steps == 2
+    with pytest.raises(DataError, match="holds other training puzzles than the run was "
+                                        "trained on.*pass --data.allow-mismatch$"):
+        train(parse_cli([*_run_args(root, other), "--max-steps", "3"]), progress=False)
     capsys.readouterr()
-    assert train(parse_cli([*_run_args(root, other), "--max-steps", "2",
-                            "--data.allow-mismatch"]), progress=False).steps == 2
-    assert "holds other puzzles" in capsys.readouterr().err
-    assert train(parse_cli([*_run_args(root, other), "--max-steps", "3"]),
-                 progress=False).steps == 3  # step 2 was saved on the other set
+    assert train(parse_cli([*_run_args(root, other), "--max-steps", "3",
+                            "--data.allow-mismatch"]), progress=False).steps == 3
+    assert "holds other training puzzles" in capsys.readouterr().err
+    assert train(parse_cli([*_run_args(root, other), "--max-steps", "4"]),
+                 progress=False).steps == 4  # step 3 was saved on the other set
 
 
 def test_old_data_sets_checkpoints_and_official_weights_warn(arc_sets, tmp_path):

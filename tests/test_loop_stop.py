@@ -136,6 +136,30 @@ def test_sigterm_saves_the_step_reached_and_the_run_resumes_exactly(tmp_path, da
         np.testing.assert_array_equal(a, b)
 
 
+def test_two_sigterms_during_an_evaluations_save_keep_it(tmp_path, data_dir):
+    """SIGTERM as an evaluation's asynchronous save starts, and again while the run stops:
+    the save is finished (not written twice, no temporary directory left) and the run
+    resumes from it."""
+    args = tiny_args(tmp_path / "run", data_dir, "--optim.epochs", "100", "--eval.eval-interval",
+                     "10", "--checkpoint.async-save")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("eval step 60/600"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and messages(err)[-1] == "terminated", err[-2000:]
+    assert "Traceback" not in err and "already exists" not in err, err[-2000:]
+    steps = saved_steps(tmp_path / "run")
+    assert steps and steps[0] == 60, steps
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if "tmp" in p.name]
+    assert train(parse_cli(args + ["--max-steps", str(steps[-1] + 1)]),
+                 progress=False).steps == steps[-1] + 1
+
+
 def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, data_dir,
                                                                      capsys):
     """(Each in-process `train` releases its lock: other tests train twice on one run dir.)"""

@@ -306,7 +306,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         # another data set first: it would also show as another model config
         with contextlib.suppress(UnusableCheckpoint):  # `resume` reports and skips it
             stored = checkpointer.stored_config()
-            allow = dict(allow_mismatch=cfg.data.allow_mismatch, flag="--data.allow-mismatch")
+            allow = {"allow_mismatch": cfg.data.allow_mismatch, "flag": "--data.allow-mismatch"}
             warn(fingerprint.check(stored.get("data"), data_dir, **allow))
             if stored.get("data") == fingerprint.read(data_dir):  # else said above
                 warn(fingerprint.check_contents(stored.get("data_contents"), data_dir, **allow))
@@ -370,7 +370,8 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                     evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
                     report.evaluation(step, evals)
                 flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
-                checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
+                with sigterm_deferred():  # a save is handed to orbax whole
+                    checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
                 report.restart_clock()
         if pending is not None:
             report.train_step(*_fetch(pending, o.global_batch_size))
@@ -381,13 +382,15 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         raise NonFiniteLossError(message) from None
     except Terminated:
         bar.close()
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            save_before_stopping(checkpointer, with_model_config(state, model_cfg), data_iter)
-        with contextlib.suppress(Exception):
-            checkpointer.close()
+        with sigterm_deferred():  # a second SIGTERM would cut the saves short
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                save_before_stopping(checkpointer, with_model_config(state, model_cfg),
+                                     data_iter)
+            with contextlib.suppress(Exception):
+                checkpointer.close()
         raise
     except BaseException:
-        with contextlib.suppress(Exception):
+        with sigterm_deferred(), contextlib.suppress(Exception):
             checkpointer.close()
         raise
     finally:
@@ -404,6 +407,7 @@ def save_before_stopping(checkpointer: Checkpointer, state: TrainState,
     multi-host run would each save whatever step they had reached (they keep their last
     periodic checkpoint; see --checkpoint.every-n-steps)."""
     step = int(state.step)
+    checkpointer.wait_until_finished()  # a save in flight (of this step, maybe) ends first
     if jax.process_count() > 1 or step == 0 or step in checkpointer.all_steps():
         return
     if not bool(all_finite((state.model, state.ema, state.opt_state))):  # as a train step checks
