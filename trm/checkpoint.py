@@ -201,7 +201,8 @@ class Checkpointer:
     def stored_config(self, step: int | None = None) -> dict[str, Any]:
         """The `{"model": ..., "run": ..., "data": ...}` JSON saved with `step` (default:
         latest), model fields in today's names; "data" ("data_contents") is absent from
-        checkpoints written before fingerprints (content digests). Raises UnusableCheckpoint when it cannot be read."""
+        checkpoints written before fingerprints (content digests). Raises UnusableCheckpoint
+        when it cannot be read."""
         step = self._step_or_latest(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
