@@ -136,6 +136,7 @@ def test_sigterm_saves_the_step_reached_and_the_run_resumes_exactly(tmp_path, da
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_two_sigterms_during_an_evaluations_save_keep_it(tmp_path, data_dir):
     """SIGTERM as an evaluation's asynchronous save starts, and again while the run stops:
     the save is finished (not written twice, no temporary directory left) and the run
