@@ -126,12 +126,12 @@ def contents(data_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def check_contents(trained: str | None, data_dir: str | Path, *, allow_mismatch: bool,
-                   flag: str) -> list[str]:
-    """Resume: compare the `contents` digest a run was trained on with data set `data_dir`'s
-    (None: a checkpoint written before digests, not checked). Warning lines when they differ
-    and `allow_mismatch`; DataError naming `flag` otherwise."""
-    if trained is None or trained == contents(data_dir):
+def check_contents(trained: str | None, current: str, data_dir: str | Path, *,
+                   allow_mismatch: bool, flag: str) -> list[str]:
+    """Resume: compare the `contents` digest a run was trained on with `current`, data set
+    `data_dir`'s (`trained` None: a checkpoint written before digests, not checked). Warning
+    lines when they differ and `allow_mismatch`; DataError naming `flag` otherwise."""
+    if trained is None or trained == current:
         return []
     what = (f"{data_dir} holds other training puzzles than the run was trained on (another "
             "build or another set under this path): the data order and the schedule's length "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,10 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from data.storage import as_path
-from trm.checkpoint import (
-    Checkpointer,
-    UnusableCheckpoint,
-    average_trees,
-    restore_last,
-)
+from trm.checkpoint import Checkpointer
 from trm.cli import RunStopped, Terminated, sigterm_deferred, warn
 from trm.config import DATA_SET_FIELDS, ModelConfig, flag_name
 from trm.curriculum import linear_anneal, phase_config, phase_index
-from trm.integrity import all_finite
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.preflight import (
@@ -52,13 +45,19 @@ from trm.preflight import (
     with_absolute_data_dir,
 )
 from trm.progress import Reporter
+from trm.run_checkpoints import (
+    averaged_eval_model,
+    check_resume_data,
+    check_resume_point,
+    resume,
+    save_before_stopping,
+)
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
 from trm.tracking import Tracker, check_repo
 from trm.train_step import (
     TrainState,
     batch_sharding,
-    eval_model,
     init_train_state,
     jit_train_step,
     make_mesh,
@@ -81,41 +80,6 @@ class TrainResult:
     """Normalised train metrics of the steps run in this call."""
     eval_metrics: dict[str, dict[str, float]]
     """Last evaluation: set name -> metrics."""
-
-
-def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> TrainState:
-    """The state of the newest usable checkpoint; the unusable newer ones get one notice line
-    each and are set aside under <dir>/unusable. ValueError when none is usable."""
-    def notice(line: str) -> None:
-        if jax.process_index() == 0:
-            print(f"{line}; set aside in {checkpointer.directory}/unusable", file=sys.stderr)
-
-    step, state = checkpointer.restore_newest_usable(state, data_iter, notice=notice)
-    checkpointer.set_aside([s for s in checkpointer.all_steps() if s > step])
-    warn([f"resuming with a setting other than the checkpoint's: {change} (the run goes on "
-          "with the requested value)" for change in checkpointer.setting_changes(step)])
-    return state
-
-
-def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -> bool:
-    """Whether the run is already at its last step (nothing to train: one notice line); a
-    resumed run (`start` > 0) says where it goes on from.
-    ValueError when the checkpoint resumed from (step `start`) is past it (a shorter
-    --optim.epochs or --max-steps than the run was saved with)."""
-    if start < last_step:
-        if start > 0 and jax.process_index() == 0:
-            print(f"resuming: {cfg.checkpoint_dir} at step {start} of {last_step}", flush=True)
-        return False
-    budget = (f"--max-steps {cfg.max_steps}" if cfg.max_steps is not None and cfg.max_steps < total
-              else f"--optim.epochs {cfg.optim.epochs} gives {total} steps")
-    if start > last_step:
-        raise ValueError(f"{cfg.checkpoint_dir}: the newest checkpoint is at step {start}, past "
-                         f"this run's last step {last_step} ({budget}); ask for more steps, or "
-                         "start a new run in another --run-dir")
-    if jax.process_index() == 0:
-        print(f"notice: {cfg.checkpoint_dir} is already at this run's last step {start} "
-              f"({budget}); nothing to train", file=sys.stderr)
-    return True
 
 
 def _stop_message(error: NonFiniteLossError, checkpointer: Checkpointer) -> str:
@@ -222,16 +186,6 @@ def with_model_config(tree: Any, config: ModelConfig) -> Any:
                         is_leaf=lambda x: isinstance(x, ACTModel))
 
 
-def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -> ACTModel:
-    """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1 saved
-    checkpoints when k > 1."""
-    if k <= 1:
-        return eval_model(state)
-    checkpointer.wait_until_finished()
-    states = restore_last(checkpointer, state, k - 1) + [state]  # state is the template
-    return average_trees([eval_model(s) for s in states])
-
-
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     """Run (or resume) the training run described by `cfg`. RunFailed when another run holds
     its checkpoint directory (`trm.preflight.run_lock`)."""
@@ -299,17 +253,12 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     held.callback(data_iter.close)  # stops the Grain workers, frees their shared memory
 
     held.enter_context(run_lock(cfg.checkpoint_dir))  # all checks passed: the run starts
+    contents = fingerprint.contents(data_dir)  # read once: saved and checked on resume
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
                                 data_fingerprint=fingerprint.read(data_dir),
-                                data_contents=fingerprint.contents(data_dir))
+                                data_contents=contents)
     if cfg.checkpoint.resume and checkpointer.all_steps():
-        # another data set first: it would also show as another model config
-        with contextlib.suppress(UnusableCheckpoint):  # `resume` reports and skips it
-            stored = checkpointer.stored_config()
-            allow = {"allow_mismatch": cfg.data.allow_mismatch, "flag": "--data.allow-mismatch"}
-            warn(fingerprint.check(stored.get("data"), data_dir, **allow))
-            if stored.get("data") == fingerprint.read(data_dir):  # else said above
-                warn(fingerprint.check_contents(stored.get("data_contents"), data_dir, **allow))
+        check_resume_data(checkpointer, data_dir, contents, cfg.data.allow_mismatch)
         state = resume(checkpointer, state, data_iter)
     elif checkpointer.all_steps():  # a fresh run would stop at its first save, on their steps
         checkpointer.close()
@@ -398,25 +347,6 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         tracker.close()
     return TrainResult(state=state, steps=int(state.step), train_metrics=report.history,
                        eval_metrics=evals)
-
-
-def save_before_stopping(checkpointer: Checkpointer, state: TrainState,
-                         data_iter: Any) -> None:
-    """On SIGTERM (a scheduler's stop or a preemption notice), save the step reached unless it
-    is saved already, and say so on stderr. Single-process runs only: the processes of a
-    multi-host run would each save whatever step they had reached (they keep their last
-    periodic checkpoint; see --checkpoint.every-n-steps)."""
-    step = int(state.step)
-    checkpointer.wait_until_finished()  # a save in flight (of this step, maybe) ends first
-    if jax.process_count() > 1 or step == 0 or step in checkpointer.all_steps():
-        return
-    if not bool(all_finite((state.model, state.ema, state.opt_state))):  # as a train step checks
-        print(f"notice: step {step} is not finite: not saved", file=sys.stderr, flush=True)
-        return
-    checkpointer.save(step, state, data_iter, force=True)
-    checkpointer.wait_until_finished()
-    print(f"notice: saved checkpoint step {step} before stopping; rerun the command to resume",
-          file=sys.stderr, flush=True)
 
 
 def _scalar_evals(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
