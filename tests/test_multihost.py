@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -34,14 +36,19 @@ def _env(devices: int) -> dict[str, str]:
                 PYTHONPATH=str(ROOT))
 
 
-def two_processes(script: str, args: list[str]) -> list[str]:
-    """stdout of `python script args` run as processes 0 and 1 of a 2 x 2-device job."""
+def start_two_processes(script: str, args: list[str]) -> list[subprocess.Popen]:
+    """`python script args` started as processes 0 and 1 of a 2 x 2-device job."""
     port = _free_port()
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, script, *args, "--mesh.distributed",
          "--mesh.coordinator-address", f"127.0.0.1:{port}", "--mesh.num-processes", "2",
          "--mesh.process-id", str(i)], cwd=ROOT, env=_env(2), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+
+
+def two_processes(script: str, args: list[str]) -> list[str]:
+    """stdout of `python script args` run as processes 0 and 1 of a 2 x 2-device job."""
+    procs = start_two_processes(script, args)
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     return [out for out, _ in outs]
@@ -82,6 +89,37 @@ def test_two_processes_match_one(tmp_path):
         for run in ("multi", "single"))
     for a, b in zip(multi, one, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_one_step_on_all_and_the_run_resumes(tmp_path):
+    """A preemption notice to one host: every process saves the same step (jax.distributed's
+    preemption service agrees on it), all exit 143, and rerunning the command resumes."""
+    data = tmp_path / "data"
+    long_run = [*_args(tmp_path / "run", data)[:-2], "--optim.epochs", "200",
+                "--eval.eval-interval", "200"]  # hundreds of steps, no checkpoint before the end
+    procs = start_two_processes("train.py", long_run)
+    try:
+        for line in procs[0].stdout:  # compiled: steps are running
+            if line.startswith("compiling the train step"):
+                break
+        time.sleep(np.random.default_rng().uniform(2.0, 4.0))
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for e in errs]
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert len(saved) == 1 and 1 <= saved[0] < 200, saved
+    notice = (f"notice: saved checkpoint step {saved[0]} before stopping; rerun the command "
+              "to resume")
+    assert notice in errs[0] and notice not in errs[1], errs[0][-2000:]
+    assert all("Traceback" not in e and e.rstrip().endswith("terminated") for e in errs), errs
+    resumed = two_processes("train.py", [*long_run, "--max-steps", str(saved[0] + 2)])
+    assert f"at step {saved[0]} of {saved[0] + 2}" in resumed[0]
+    assert str(saved[0] + 2) in {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
 
 
 TIMING = ("seconds", "puzzles_per_s")
@@ -152,3 +190,29 @@ def test_a_process_waiting_for_its_peers_says_so_and_stops_on_sigterm(tmp_path):
     assert line == (f"process 0: waiting for all 2 processes at 127.0.0.1:{port} (jax aborts "
                     "after 300 s without them)")
     assert proc.returncode == 143 and rest.strip() == "terminated"
+
+
+_SIGTERM_AFTER_INITIALIZE = """
+import os, signal, sys, time
+from trm.cli import Terminated, sigterm_as_interrupt
+from trm.preflight import initialize_distributed
+from trm.run_config import MeshConfig
+with sigterm_as_interrupt():
+    initialize_distributed(MeshConfig(distributed=True, coordinator_address=sys.argv[1],
+                                      num_processes=1, process_id=0))
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except Terminated:
+        print("Terminated")
+"""
+
+
+def test_sigterm_after_jax_distributed_starts_still_stops_the_command():
+    """jax.distributed.initialize installs its preemption notifier as the SIGTERM handler, which
+    only records the signal: a command without a preemption sync point (evaluate.py) gets
+    Python's handler back, so SIGTERM still stops it."""
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_INITIALIZE,
+                           f"127.0.0.1:{_free_port()}"], cwd=ROOT, env=_env(1), text=True,
+                          capture_output=True, timeout=120, check=False)
+    assert done.stdout.strip() == "Terminated", done.stderr[-2000:]

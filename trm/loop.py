@@ -49,6 +49,7 @@ from trm.run_checkpoints import (
     averaged_eval_model,
     check_resume_data,
     check_resume_point,
+    preemption_reached,
     resume,
     save_before_stopping,
 )
@@ -199,7 +200,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
 
     cfg = with_absolute_data_dir(cfg)
     split = split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
-    initialize_distributed(cfg.mesh)
+    initialize_distributed(cfg.mesh, preemption_sync=True)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
         into = "one XLA device" if split == 1 else f"{split} XLA devices"
@@ -291,6 +292,9 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     report = Reporter(tracker, bar, global_batch=o.global_batch_size,
                       examples_per_epoch=metadata.examples_per_epoch, last_step=last_step)
     pending, phase_now, step_fn = None, None, None
+    # one process: SIGTERM raises Terminated, held back while a step or a save is handed over;
+    # several: jax.distributed's preemption service owns SIGTERM (see preemption_reached)
+    hold_sigterm = sigterm_deferred if jax.process_count() == 1 else contextlib.nullcontext
     try:
         for step in range(start + 1, last_step + 1):
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
@@ -301,9 +305,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                     tqdm.write(f"compiling the train step{cycles} for step {step}")
                 state, step_fn = compile_phase(phase_cfg, state)
                 phase_now = phase_cfg
-            with sigterm_deferred():  # the state and the data position move together
+            with hold_sigterm():  # the state and the data position move together
                 batch = to_global(next(data_iter), mesh)
                 state, sums = step_fn(state, batch)
+            if preemption_reached(step - start):  # every process is at this step
+                raise Terminated
             checkpointer.check_for_errors()  # a failed async save stops the run now
             if pending is not None:
                 report.train_step(*_fetch(pending, o.global_batch_size))
@@ -319,7 +325,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                     evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
                     report.evaluation(step, evals)
                 flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
-                with sigterm_deferred():  # a save is handed to orbax whole
+                with hold_sigterm():  # a save is handed to orbax whole
                     checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
                 report.restart_clock()
         if pending is not None:
@@ -331,7 +337,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         raise NonFiniteLossError(message) from None
     except Terminated:
         bar.close()
-        with sigterm_deferred():  # a second SIGTERM would cut the saves short
+        with hold_sigterm():  # a second SIGTERM would cut the saves short
             with contextlib.suppress(Exception):  # the first error is the one to report
                 save_before_stopping(checkpointer, with_model_config(state, model_cfg),
                                      data_iter)
@@ -339,7 +345,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                 checkpointer.close()
         raise
     except BaseException:
-        with sigterm_deferred(), contextlib.suppress(Exception):
+        with hold_sigterm(), contextlib.suppress(Exception):
             checkpointer.close()
         raise
     finally:

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -76,9 +77,14 @@ def _interruptible(call: Callable[[], None]) -> None:
         raise failed[0]
 
 
-def initialize_distributed(m: MeshConfig) -> None:
+def initialize_distributed(m: MeshConfig, *, preemption_sync: bool = False) -> None:
     """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
-    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...)."""
+    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...).
+
+    jax.distributed installs its preemption notifier as the SIGTERM handler (a notice all
+    processes agree on a step to stop at, `trm.run_checkpoints.preemption_reached`). With
+    `preemption_sync` (a training run) it keeps SIGTERM; else Python's handler is put back,
+    so that SIGTERM stops the command (`trm.cli.sigterm_as_interrupt`)."""
     if not m.distributed:
         return
     local = m.coordinator_address is not None and m.coordinator_address.startswith(
@@ -100,6 +106,10 @@ def initialize_distributed(m: MeshConfig) -> None:
         raise ConfigError(f"--mesh.distributed: {e} No cluster (TPU pod, SLURM, ...) was "
                           "detected: give --mesh.coordinator-address, --mesh.num-processes and "
                           "--mesh.process-id") from None
+    python_handler = signal.getsignal(signal.SIGTERM)  # Python's record, not the C handler
+    if (not (preemption_sync and jax.process_count() > 1) and python_handler is not None
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGTERM, python_handler)
 
 
 def check_batches(cfg: RunConfig, devices: int) -> None:

@@ -82,20 +82,41 @@ def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -
     return average_trees([eval_model(s) for s in states])
 
 
+def preemption_reached(steps_done: int) -> bool:
+    """Multi-process runs: whether this is the step at which every process saves and stops
+    after a SIGTERM to any of them. jax.distributed's preemption service owns SIGTERM there
+    (`trm.preflight.initialize_distributed`); it sets the stop one past the furthest count
+    of steps done when the notice came
+    (`jax.experimental.multihost_utils.reached_preemption_sync_point`), so every process must
+    call this once per step with the same count. False on one process (SIGTERM raises
+    `trm.cli.Terminated` there) and when the service is disabled
+    (`jax_enable_preemption_service`)."""
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    try:
+        return multihost_utils.reached_preemption_sync_point(steps_done)
+    except RuntimeError:  # the preemption service is disabled
+        return False
+
+
 def save_before_stopping(checkpointer: Checkpointer, state: TrainState,
                          data_iter: Any) -> None:
     """On SIGTERM (a scheduler's stop or a preemption notice), save the step reached unless it
-    is saved already, and say so on stderr. Single-process runs only: the processes of a
-    multi-host run would each save whatever step they had reached (they keep their last
-    periodic checkpoint; see --checkpoint.every-n-steps)."""
+    is saved already, and say so on stderr. The processes of a multi-host run come here
+    together, at the step `preemption_reached` agreed on."""
     step = int(state.step)
     checkpointer.wait_until_finished()  # a save in flight (of this step, maybe) ends first
-    if jax.process_count() > 1 or step == 0 or step in checkpointer.all_steps():
+    if step == 0 or step in checkpointer.all_steps():
         return
+    say = jax.process_index() == 0
     if not bool(all_finite((state.model, state.ema, state.opt_state))):  # as a train step checks
-        print(f"notice: step {step} is not finite: not saved", file=sys.stderr, flush=True)
+        if say:
+            print(f"notice: step {step} is not finite: not saved", file=sys.stderr, flush=True)
         return
     checkpointer.save(step, state, data_iter, force=True)
     checkpointer.wait_until_finished()
-    print(f"notice: saved checkpoint step {step} before stopping; rerun the command to resume",
-          file=sys.stderr, flush=True)
+    if say:
+        print(f"notice: saved checkpoint step {step} before stopping; rerun the command to "
+              "resume", file=sys.stderr, flush=True)
