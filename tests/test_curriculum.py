@@ -74,7 +74,7 @@ def test_step_penalty_pushes_halting_more_after_more_steps():
 def test_lr_scales_with_batch():
     from trm.optim import build_schedules, lr_batch_scale
     from trm.run_config import OptimConfig
-    base = dict(lr=1e-4, puzzle_emb_lr=1e-2, lr_warmup_steps=0, lr_reference_batch=6144)
+    base = {"lr": 1e-4, "puzzle_emb_lr": 1e-2, "lr_warmup_steps": 0, "lr_reference_batch": 6144}
     sqrt = OptimConfig(global_batch_size=24576, lr_batch_scaling="sqrt", **base)
     assert lr_batch_scale(sqrt) == pytest.approx(2.0)
     lr, puzzle_lr = build_schedules(sqrt, total_steps=100)
@@ -98,8 +98,11 @@ def test_checkpoint_averaging(tmp_path):
         for step, m in enumerate(models, start=1):
             ckpt.save(step, m)
         ckpt.wait_until_finished()
-        last_two = restore_last(ckpt, models[0], 2)
+        last_two = restore_last(ckpt, models[0], 2, before=4)
+        before_3 = restore_last(ckpt, models[0], 2, before=3)  # steps 1 and 2
     mean = average_trees(last_two)
     expect = (np.asarray(models[1].lm_head.weight) + np.asarray(models[2].lm_head.weight)) / 2
     np.testing.assert_allclose(mean.lm_head.weight, expect, rtol=1e-6)
+    np.testing.assert_array_equal(before_3[0].lm_head.weight, models[0].lm_head.weight)
+    np.testing.assert_array_equal(before_3[1].lm_head.weight, models[1].lm_head.weight)
     assert eqx.tree_equal(jax.tree.structure(mean), jax.tree.structure(models[0]))

@@ -396,3 +396,59 @@ def test_an_aim_repository_path_that_is_a_file_is_one_error(tmp_path, data_dir, 
     assert capsys.readouterr().err.strip() == (f"error: Aim repository {aim}: {aim} is a file, "
                                                "not a directory")
     assert not run_dir.exists()
+
+
+def test_only_evaluated_steps_carry_metrics_for_the_best_checkpoint(tmp_path, data_dir,
+                                                                    monkeypatch):
+    """A periodic checkpoint between evaluations is saved without metrics: with the last
+    evaluation's results it tied with the evaluated step, and orbax's BestN keeps the later of
+    equals, so the 'best' checkpoint held weights that were never evaluated."""
+    saves = []
+    real_save = loop.Checkpointer.save
+
+    def recorded(self, step, *args, metrics=None, **kwargs):
+        saves.append((step, None if metrics is None else sorted(metrics)))
+        return real_save(self, step, *args, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(loop.Checkpointer, "save", recorded)
+    train(parse_cli(tiny_args(tmp_path / "run", data_dir, "--max-steps", "11",
+                              "--checkpoint.every-n-steps", "5", "--checkpoint.keep-last", "1",
+                              "--checkpoint.keep-best-metric", "test/exact_accuracy")),
+          progress=False)
+    assert [step for step, _ in saves] == [5, 6, 10, 11]  # evaluations at 6 and 11 (the last)
+    assert [metrics is not None for _, metrics in saves] == [False, True, False, True]
+    assert "test/exact_accuracy" in saves[1][1]
+    assert set(saved_steps(tmp_path / "run")) <= {6, 11}
+
+
+@pytest.mark.parametrize("stop_at", [pytest.param(6, marks=pytest.mark.slow), 12])
+def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, capsys,
+                                                          monkeypatch, stop_at):
+    """SIGTERM during an evaluation saves its step without results; the resumed run evaluates
+    that step first (also when it is the last step, where nothing is left to train)."""
+    from trm.cli import Terminated
+
+    real, calls = loop.evaluate, []
+
+    def cut_short(model, data, cfg, mesh):  # evaluations at steps 6 and 12
+        calls.append(1)
+        if len(calls) == stop_at // 6:
+            raise Terminated
+        return real(model, data, cfg, mesh)
+
+    args = tiny_args(tmp_path / "run", data_dir, "--max-steps", "12")
+    monkeypatch.setattr(loop, "evaluate", cut_short)
+    with pytest.raises(Terminated):
+        train(parse_cli(args), progress=False)
+    assert saved_steps(tmp_path / "run")[-1] == stop_at
+    monkeypatch.setattr(loop, "evaluate", real)
+    capsys.readouterr()
+    resumed = train(parse_cli(args), progress=True)
+    out, err = capsys.readouterr()
+    assert (f"notice: evaluating step {stop_at} first: it was saved without the evaluation "
+            "due at it (the run stopped)") in err
+    evals = [line.split(" test:")[0] for line in (out + err).splitlines()
+             if line.startswith("eval step")]
+    assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]
+                     + (["eval step 12/12 epoch 2.0"] if stop_at == 6 else []))
+    assert resumed.steps == 12 and resumed.eval_metrics["test"]["count"] == 16

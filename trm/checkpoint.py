@@ -250,6 +250,10 @@ class Checkpointer:
             raise UnusableCheckpoint(step, "it holds non-finite numbers (NaN/Inf)")
         return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
 
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics saved with `step` (its evaluation's results), None if it has none."""
+        return self._manager.metrics(step)
+
     def setting_changes(self, step: int) -> list[str]:
         """The MODEL_TRAJECTORY model fields and TRAJECTORY run settings of this run that differ
         from those saved with `step` (a step that `restore` accepted)."""
@@ -324,6 +328,8 @@ def average_trees(trees: list[T]) -> T:
     return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
 
 
-def restore_last(checkpointer: Checkpointer, template: T, k: int) -> list[T]:
-    """The states of the last `k` kept checkpoints (fewer if fewer are kept)."""
-    return [checkpointer.restore(template, step=s) for s in checkpointer.all_steps()[-k:]]
+def restore_last(checkpointer: Checkpointer, template: T, k: int, before: int) -> list[T]:
+    """The states of the last `k` kept checkpoints before step `before` (fewer if fewer are
+    kept)."""
+    steps = [s for s in checkpointer.all_steps() if s < before]
+    return [checkpointer.restore(template, step=s) for s in steps[-k:]]

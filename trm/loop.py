@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                          "--checkpoint.no-resume asks for a fresh run: remove them, or give "
                          "another --run-dir")
     start = int(state.step)
-    if check_resume_point(start, last_step, cfg, total):
+    # a stop during the evaluation of the step resumed from (saved without its results)
+    eval_cut_short = (0 < start <= last_step and bool(cfg.eval.eval_sets)
+                      and (start == last_step or evaluates_at(start, eval_every, total))
+                      and checkpointer.metrics(start) is None)
+    if check_resume_point(start, last_step, cfg, total) and not eval_cut_short:
         checkpointer.close()
         return TrainResult(state=state, steps=start, train_metrics=[], eval_metrics={})
 
@@ -295,7 +300,18 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     # one process: SIGTERM raises Terminated, held back while a step or a save is handed over;
     # several: jax.distributed's preemption service owns SIGTERM (see preemption_reached)
     hold_sigterm = sigterm_deferred if jax.process_count() == 1 else contextlib.nullcontext
+    def evaluate_step(step: int, to_save: TrainState) -> dict[str, dict[str, float]]:
+        model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
+        results = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
+        report.evaluation(step, results)
+        return results
+
     try:
+        if eval_cut_short:
+            if jax.process_index() == 0:
+                print(f"notice: evaluating step {start} first: it was saved without the "
+                      "evaluation due at it (the run stopped)", file=sys.stderr, flush=True)
+            evals = evaluate_step(start, with_model_config(state, model_cfg))
         for step in range(start + 1, last_step + 1):
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
             if phase_cfg != phase_now:
@@ -321,10 +337,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                 pending = None
                 to_save = with_model_config(state, model_cfg)
                 if is_eval and cfg.eval.eval_sets:
-                    model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
-                    evals = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
-                    report.evaluation(step, evals)
-                flat = {f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
+                    evals = evaluate_step(step, to_save)
+                # only an evaluated step carries metrics: --checkpoint.keep-best-metric ranks
+                # the weights that were evaluated
+                flat = ({f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
+                        if is_eval else {})
                 with hold_sigterm():  # a save is handed to orbax whole
                     checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
                 report.restart_clock()

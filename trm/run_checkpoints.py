@@ -73,12 +73,13 @@ def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -
 
 
 def averaged_eval_model(state: TrainState, checkpointer: Checkpointer, k: int) -> ACTModel:
-    """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1 saved
-    checkpoints when k > 1."""
+    """Evaluation weights of `state`, averaged (SWA-style) with those of the last k - 1
+    checkpoints saved before its step when k > 1."""
     if k <= 1:
         return eval_model(state)
     checkpointer.wait_until_finished()
-    states = restore_last(checkpointer, state, k - 1) + [state]  # state is the template
+    earlier = restore_last(checkpointer, state, k - 1, before=int(state.step))
+    states = [*earlier, state]  # state is the template
     return average_trees([eval_model(s) for s in states])
 
 
