@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         if jax.process_index() != 0:  # process 0 alone prints
             return
         for split, metrics in result.eval_metrics.items():
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())  # pass@K by K
             print(f"eval {split} @ step {result.steps}: {shown}")
 
     return run_cli(run, sys.argv[1:] if argv is None else argv)

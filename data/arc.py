@@ -78,7 +78,12 @@ def _pairs(where: str, examples: Any, outputs: list[Any] | None = None,
         if out is None:
             raise DataError(f"{where}[{i}]: example has no 'output'")
         out_where = f"{where}[{i}].output" if outputs is None else f"{outputs_where}[{i}]"
-        pairs.append((_grid(f"{where}[{i}].input", ex["input"]), _grid(out_where, out)))
+        output = _grid(out_where, out)
+        if outputs is not None and "output" in ex and not np.array_equal(
+                _grid(f"{where}[{i}].output", ex["output"]), output):
+            raise DataError(f"{where}[{i}].output differs from {out_where}: the two files "
+                            "disagree on this test output")
+        pairs.append((_grid(f"{where}[{i}].input", ex["input"]), output))
     return pairs
 
 
@@ -94,6 +99,10 @@ def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
     solutions = read_json(spath)
     if not isinstance(challenges, dict) or not isinstance(solutions, dict):
         raise DataError(f"{cpath}: challenges and solutions must be JSON objects by task id")
+    unknown = [tid for tid in solutions if tid not in challenges]
+    if unknown:
+        raise DataError(f"{spath}: task {unknown[0]} has solutions but is not in {cpath.name} "
+                        f"({len(unknown)} such task(s)): files of different versions?")
     tasks = []
     for tid, task in challenges.items():
         where = f"{cpath}, task {tid}"
@@ -104,8 +113,9 @@ def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
         sols = solutions.get(tid)
         if not isinstance(sols, list) or len(sols) != len(task["test"]):
             got = "none" if sols is None else (len(sols) if isinstance(sols, list) else "bad")
-            raise DataError(f"{spath}, task {tid}: expected {len(task['test'])} solution "
-                            f"grids, got {got}")
+            n = len(task["test"])
+            raise DataError(f"{spath}, task {tid}: expected {n} solution grid"
+                            f"{'s' if n != 1 else ''} (one per test input), got {got}")
         tasks.append(ArcTask(tid, subset, _pairs(f"{where}, train", task["train"]),
                              _pairs(f"{where}, test", task["test"], sols,
                                     f"{spath}, task {tid}, solution")))

@@ -132,7 +132,20 @@ def test_bad_tasks(tmp_path, task, message):
 
 def test_bad_solutions_and_subsets(tmp_path):
     _one_task(tmp_path, GOOD, solutions={"t1": []})
-    with pytest.raises(DataError, match="task t1: expected 1 solution grids, got 0"):
+    with pytest.raises(DataError, match="task t1: expected 1 solution grid \\(one per test "
+                                        "input\\), got 0"):
+        arc.read_subset(tmp_path, "training")
+    _one_task(tmp_path, GOOD, solutions={"t1": [[[2]]]})
+    (tmp_path / "arc-agi_training_challenges.json").write_text(json.dumps({"t1": GOOD}))
+    with pytest.raises(DataError, match="task t1, test\\[0\\].output differs from .*"
+                                        "solutions.json, task t1, solution\\[0\\]"):
+        arc.read_subset(tmp_path, "training")
+    (tmp_path / "arc-agi_training_solutions.json").write_text(json.dumps({"t1": [[[1]]]}))
+    (task,) = arc.read_subset(tmp_path, "training")  # a test output the files agree on
+    assert task.test[0][1].tolist() == [[1]]
+    _one_task(tmp_path, GOOD, solutions={"t1": [[[1]]], "zz": [[[1]]]})
+    with pytest.raises(DataError, match="solutions.json: task zz has solutions but is not in "
+                                        "arc-agi_training_challenges.json"):
         arc.read_subset(tmp_path, "training")
     _one_task(tmp_path, GOOD, solutions={"t1": [[[1, 11]]]})
     with pytest.raises(DataError, match="solutions.json, task t1, solution\\[0\\]: colour 11"):

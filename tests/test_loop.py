@@ -452,3 +452,28 @@ def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, c
     assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]
                      + (["eval step 12/12 epoch 2.0"] if stop_at == 6 else []))
     assert resumed.steps == 12 and resumed.eval_metrics["test"]["count"] == 16
+
+
+def test_running_out_of_memory_is_one_error_line(capsys):
+    """XLA failing to allocate (an ARC preset's batch on a CPU asked for 74 GiB) ends every
+    command with one line naming the size and what to lower, exit status 1, no traceback."""
+    import jax.numpy as jnp
+
+    from trm.cli import run_cli
+
+    assert run_cli(lambda argv: jnp.zeros(10**11).block_until_ready(), []) == 1
+    assert capsys.readouterr().err == (
+        "error: out of memory: Out of memory allocating 400000000000 bytes (372.5 GiB); use a "
+        "smaller batch (train.py --optim.global-batch-size / --eval.batch-size, evaluate.py "
+        "--batch-size) or model, or more devices\n")
+
+
+def test_the_eval_line_of_an_arc_run_shows_pass_at_1_and_2():
+    from trm.progress import eval_line
+
+    metrics = {"exact_accuracy": 0.25, "accuracy": 0.5, "adaptive_mean_steps": 2.0,
+               "adaptive_exact_accuracy": 0.125, "pass@1": 0.375, "pass@10": 0.5,
+               "pass@2": 0.4375}
+    assert eval_line(12, 24, 1.0, "test", metrics, 75.0) == (
+        "eval step 12/24 epoch 1.0 test: exact 0.2500 token 0.5000 halting 2.00 steps "
+        "(exact 0.1250) pass@1 0.3750 pass@2 0.4375 [1:15]")

@@ -144,7 +144,8 @@ def reader_gone() -> int:
 
 def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run `main(argv)`; bad input (ValueError, missing files) prints `error: ...` and exits 2,
-    a deliberate stop (RunStopped) or a failure of the environment (RunFailed) exits 1, Ctrl-C
+    a deliberate stop (RunStopped), a failure of the environment (RunFailed, OSError) or
+    XLA running out of memory exits 1, Ctrl-C
     130 (`interrupted`) and SIGTERM 143 (`terminated`); output piped into a reader that
     has exited (`| head`) ends quietly with 141."""
     try:
@@ -167,7 +168,30 @@ def run_cli(main: Callable[[list[str]], object], argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt as e:
         return interrupted(e)
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is XLA failing to allocate device (or host) memory."""
+    return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and str(e).startswith(
+        "RESOURCE_EXHAUSTED")
+
+
+def out_of_memory_line(e: BaseException) -> str:
+    """One line for an out-of-memory error: XLA's first line, the size in GiB, what to lower."""
+    import re
+
+    first = str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ").rstrip(".")
+    size = re.search(r"allocating (\d+) bytes", first)
+    gib = f" ({int(size.group(1)) / 2**30:.1f} GiB)" if size else ""
+    return (f"out of memory: {first}{gib}; use a smaller batch (train.py "
+            "--optim.global-batch-size / --eval.batch-size, evaluate.py --batch-size) or model, "
+            "or more devices")
 
 
 def os_error_line(e: OSError) -> str:
