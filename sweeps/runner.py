@@ -10,10 +10,12 @@ the first of them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import io
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -232,7 +234,23 @@ def _last_line(log: Path) -> str:
     except OSError:
         return ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    last = lines[-1] if lines else ""
+    for marker in ("error: ", "stopped: "):  # after a progress bar's unfinished line
+        if marker in last:
+            return last[last.index(marker):]
+    return last
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None  # resolved here:
+# the child, between fork and exec, only calls it
+
+
+def _stop_with_parent() -> None:
+    """In a child, before exec (Linux): SIGTERM when the runner dies, even by SIGKILL, so that
+    no training run goes on unwatched, holding its run directory."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _prepare(runs: Sequence[PlannedRun]) -> None:
@@ -286,7 +304,8 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
                     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {r.command}\n")
                     log.flush()
                     proc = subprocess.Popen(r.launch, stdout=log, stderr=subprocess.STDOUT,
-                                            env=child_env)
+                                            env=child_env,
+                                            preexec_fn=_stop_with_parent)  # noqa: PLW1509
                 say(f"[{r.name}] started (log {r.log})")
                 active.append((r, proc, time.monotonic()))
             time.sleep(poll_s)

@@ -187,8 +187,8 @@ def test_a_process_waiting_for_its_peers_says_so_and_stops_on_sigterm(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    assert line == (f"process 0: waiting for all 2 processes at 127.0.0.1:{port} (jax aborts "
-                    "after 300 s without them)")
+    assert line == (f"process 0: waiting for all 2 processes at 127.0.0.1:{port} (at most "
+                    "300 s, --mesh.join-timeout)")
     assert proc.returncode == 143 and rest.strip() == "terminated"
 
 
@@ -198,8 +198,9 @@ from trm.cli import Terminated, sigterm_as_interrupt
 from trm.preflight import initialize_distributed
 from trm.run_config import MeshConfig
 with sigterm_as_interrupt():
-    initialize_distributed(MeshConfig(distributed=True, coordinator_address=sys.argv[1],
-                                      num_processes=1, process_id=0))
+    mesh = MeshConfig(distributed=True, coordinator_address=sys.argv[1], num_processes=1,
+                      process_id=0)
+    initialize_distributed(mesh, mesh)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
@@ -216,3 +217,40 @@ def test_sigterm_after_jax_distributed_starts_still_stops_the_command():
                            f"127.0.0.1:{_free_port()}"], cwd=ROOT, env=_env(1), text=True,
                           capture_output=True, timeout=120, check=False)
     assert done.stdout.strip() == "Terminated", done.stderr[-2000:]
+
+
+def test_a_process_whose_peers_never_join_stops_with_one_line(tmp_path):
+    """Without its peers a process stops after --mesh.join-timeout with one line (jax itself
+    would abort it with a C++ stack trace, exit status 134)."""
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "train.py", "sudoku-tiny", "--no-track", "--run-dir", str(tmp_path),
+         "--mesh.distributed", "--mesh.coordinator-address", f"127.0.0.1:{port}",
+         "--mesh.num-processes", "2", "--mesh.process-id", "0", "--mesh.join-timeout", "3"],
+        cwd=ROOT, env=_env(2), text=True, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"error: --mesh.distributed: not every process joined at 127.0.0.1:{port} within 3 s "
+        "(--mesh.join-timeout): start the same command on every host, each with its own "
+        "--mesh.process-id from 0 to --mesh.num-processes - 1"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_processes_started_with_different_settings_stop_naming_the_flag(tmp_path):
+    """Every host must run the same command: a process with another --optim.lr would train
+    with it, silently, beside the others."""
+    args = ["sudoku-tiny", "--no-track", "--run-dir", str(tmp_path / "run"), "--data.data-dir",
+            str(tmp_path / "data")]
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "train.py", *args, *(["--optim.lr", "0.001"] if i else []),
+         "--mesh.distributed", "--mesh.coordinator-address", f"127.0.0.1:{port}",
+         "--mesh.num-processes", "2", "--mesh.process-id", str(i)], cwd=ROOT, env=_env(2),
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    line = ("error: the processes were started with different settings: process 1 has "
+            "--optim.lr 0.001, process 0 0.003; run the same command on every host (only "
+            "--mesh.process-id differs)")
+    assert all(e.splitlines()[-1] == line for e in errs), errs
+    assert not (tmp_path / "data").exists()  # stopped before any work

@@ -146,3 +146,63 @@ def test_output_piped_into_a_reader_that_exits_ends_quietly():
     listing.stdout.close()  # the reader has exited before the first line is written
     assert listing.wait(timeout=60) == 141
     assert listing.stderr.read() == b""
+
+
+SLEEPING_TRAIN = """\
+import os, sys, time
+args = sys.argv[1:]
+run_dir = args[args.index("--run-dir") + 1]
+os.makedirs(run_dir, exist_ok=True)
+open(os.path.join(run_dir, "pid"), "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+
+RUNNER = """\
+import sys
+from pathlib import Path
+from sweeps import runner
+from sweeps.catalog import select
+runner.TRAIN_PY = Path(sys.argv[1])
+runner.run_all(runner.plan(select("exp05_a"), runner.Settings(root=sys.argv[2], track=False)),
+               poll_s=0.05, say=print)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_a_killed_runner_takes_its_training_runs_with_it(tmp_path):
+    """`kill -9` of `python -m sweeps run` (no clean-up of its own can run): its train.py
+    children get SIGTERM, instead of training on unwatched and holding their run directories."""
+    import os
+    import signal
+    import time
+
+    fake = tmp_path / "train.py"
+    fake.write_text(SLEEPING_TRAIN)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(fake), str(tmp_path / "runs")],
+                            cwd=Path(__file__).resolve().parents[1])
+    pid_file = tmp_path / "runs/exp05_a/pid"
+    for _ in range(600):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    proc.kill()
+    proc.wait()
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the training run outlived its runner")
+
+
+def test_a_failure_after_an_unfinished_progress_bar_line_reads_as_its_error(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_bytes(b"=== start\n 50%|#####     | 8/16 [00:30<00:30, 3.6s/step]\r 56%|#####6    "
+                    b"| 9/16 [00:35<00:25, 3.66s/step]error: runs/x/checkpoints is in use by "
+                    b"another run (pid 8033 on vm)\n")
+    assert runner._last_line(log) == ("error: runs/x/checkpoints is in use by another run (pid "
+                                      "8033 on vm)")

@@ -108,11 +108,17 @@ def interrupted(e: KeyboardInterrupt, detail: str = "") -> int:
     return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
+BLOCKING_THREAD = "blocked-in-jax"
+"""Name of a helper thread running a C++ call that may never return (`trm.preflight`)."""
+
+
 def exit_process(code: int) -> NoReturn:
-    """End the process with `code`. After an interrupt (130, 143) the interpreter's own
-    shutdown is skipped: XLA work still in flight when the signal came can crash it
-    (segfaults, `pure virtual method called`). Files and checkpoints are closed by then."""
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    """End the process with `code`. After an interrupt (130, 143), or with a helper thread
+    still blocked in C++ (BLOCKING_THREAD), the interpreter's own shutdown is skipped: XLA work
+    still in flight can crash it (segfaults, `pure virtual method called`), a blocked thread
+    hang it. Files and checkpoints are closed by then."""
+    blocked = any(t.name == BLOCKING_THREAD and t.is_alive() for t in threading.enumerate())
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or blocked:
         gc.collect()  # what the stop left unreachable (a worker pool's semaphores) is released
         sys.stdout.flush()
         sys.stderr.flush()

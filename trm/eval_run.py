@@ -299,7 +299,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
         check_output_file(path)
     if args.batch_size is not None or args.mesh.data > 0:  # else the batch is the run's,
         split_cpu(args.mesh, args.batch_size)  # known only once JAX has started
-    initialize_distributed(args.mesh)
+    initialize_distributed(args.mesh, args)
     mesh = make_mesh(None if args.mesh.data == -1 else args.mesh.data, flag="--mesh.data")
     meta = (load_metadata(local_copy(args.data_dir), args.split[0])
             if args.official_weights and args.data_dir else None)

@@ -201,7 +201,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
 
     cfg = with_absolute_data_dir(cfg)
     split = split_cpu(cfg.mesh, cfg.optim.global_batch_size, cfg.eval.batch_size)
-    initialize_distributed(cfg.mesh, preemption_sync=True)
+    initialize_distributed(cfg.mesh, cfg, preemption_sync=True)
     mesh = make_mesh(None if cfg.mesh.data == -1 else cfg.mesh.data, flag="--mesh.data")
     if split is not None and jax.default_backend() == "cpu" and jax.process_index() == 0:
         into = "one XLA device" if split == 1 else f"{split} XLA devices"

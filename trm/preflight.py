@@ -10,21 +10,25 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import json
 import os
 import shutil
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
+import numpy as np
 
 from data.storage import is_url, local_copy, probe_write
 from trm.checkpoint import short_reason
-from trm.cli import RunFailed
-from trm.config import ConfigError
+from trm.cli import BLOCKING_THREAD, RunFailed
+from trm.config import ConfigError, flag_name
 from trm.run_config import MeshConfig, RunConfig
 
 
@@ -54,13 +58,15 @@ def split_cpu(m: MeshConfig, *batches: int | None) -> int | None:
     return count
 
 
-_JOIN_TIMEOUT_S = 300  # jax's default
+_JAX_ABORT_MARGIN_S = 60  # jax.distributed aborts the process (C++) this long after ours
 
 
-def _interruptible(call: Callable[[], None]) -> None:
-    """`call()` in a helper thread while this one waits: a blocking C++ call (jax waiting for
-    the other processes) never returns to Python, so Ctrl-C and SIGTERM would wait for it.
-    The command then ends with os._exit (`trm.cli.exit_process`), which ends the thread."""
+def _interruptible(call: Callable[[], None], timeout: float, on_timeout: str) -> None:
+    """`call()` in a helper thread while this one waits, at most `timeout` seconds (RunFailed
+    `on_timeout` then): a blocking C++ call (jax waiting for the other processes) never
+    returns to Python, so Ctrl-C and SIGTERM would wait for it, and jax's own timeout aborts
+    the process with a C++ stack trace. The command then ends with os._exit
+    (`trm.cli.exit_process`), which ends the thread."""
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -69,17 +75,24 @@ def _interruptible(call: Callable[[], None]) -> None:
         except BaseException as e:  # noqa: BLE001 (raised again in the waiting thread)
             failed.append(e)
 
-    thread = threading.Thread(target=run, name="jax-distributed-initialize", daemon=True)
+    thread = threading.Thread(target=run, name=BLOCKING_THREAD, daemon=True)
     thread.start()
+    deadline = time.monotonic() + timeout
     while thread.is_alive():
         thread.join(0.2)
+        if thread.is_alive() and time.monotonic() > deadline:
+            raise RunFailed(on_timeout)
     if failed:
         raise failed[0]
 
 
-def initialize_distributed(m: MeshConfig, *, preemption_sync: bool = False) -> None:
+def initialize_distributed(m: MeshConfig, settings: object, *,
+                           preemption_sync: bool = False) -> None:
     """jax.distributed.initialize when launched multi-host (`train.py` and `evaluate.py`);
-    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...).
+    without a coordinator address jax detects the cluster (TPU pod, SLURM, ...). RunFailed
+    when not every process joins within `m.join_timeout` seconds; ConfigError when a process
+    was started with other `settings` (the command's config dataclass) than process 0
+    (`check_same_settings`).
 
     jax.distributed installs its preemption notifier as the SIGTERM handler (a notice all
     processes agree on a step to stop at, `trm.run_checkpoints.preemption_reached`). With
@@ -89,11 +102,10 @@ def initialize_distributed(m: MeshConfig, *, preemption_sync: bool = False) -> N
         return
     local = m.coordinator_address is not None and m.coordinator_address.startswith(
         ("127.0.0.1:", "localhost:"))
-    if m.coordinator_address is not None:
-        # jax waits in silence, then aborts the process with a C++ stack trace
-        print(f"process {m.process_id}: waiting for all {m.num_processes} processes at "
-              f"{m.coordinator_address} (jax aborts after {_JOIN_TIMEOUT_S} s without them)",
-              file=sys.stderr, flush=True)
+    where = f" at {m.coordinator_address}" if m.coordinator_address else ""
+    if m.coordinator_address is not None and None not in (m.process_id, m.num_processes):
+        print(f"process {m.process_id}: waiting for all {m.num_processes} processes{where} "
+              f"(at most {m.join_timeout} s, --mesh.join-timeout)", file=sys.stderr, flush=True)
     try:
         _interruptible(functools.partial(
             jax.distributed.initialize,
@@ -101,7 +113,11 @@ def initialize_distributed(m: MeshConfig, *, preemption_sync: bool = False) -> N
             process_id=m.process_id,
             # a coordinator on this machine listens on loopback only
             coordinator_bind_address=m.coordinator_address if local else None,
-            initialization_timeout=_JOIN_TIMEOUT_S))
+            initialization_timeout=m.join_timeout + _JAX_ABORT_MARGIN_S),
+            m.join_timeout,
+            f"--mesh.distributed: not every process joined{where} within {m.join_timeout} s "
+            "(--mesh.join-timeout): start the same command on every host, each with its own "
+            "--mesh.process-id from 0 to --mesh.num-processes - 1")
     except ValueError as e:  # no cluster detected and a setting missing
         raise ConfigError(f"--mesh.distributed: {e} No cluster (TPU pod, SLURM, ...) was "
                           "detected: give --mesh.coordinator-address, --mesh.num-processes and "
@@ -110,6 +126,46 @@ def initialize_distributed(m: MeshConfig, *, preemption_sync: bool = False) -> N
     if (not (preemption_sync and jax.process_count() > 1) and python_handler is not None
             and threading.current_thread() is threading.main_thread()):
         signal.signal(signal.SIGTERM, python_handler)
+    check_same_settings(settings)
+
+
+def _flat_settings(settings: object) -> dict[str, Any]:
+    """{"optim.lr": 0.0001, ...} of a config dataclass, without --mesh.process-id."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix[:-1]] = value
+
+    walk("", json.loads(json.dumps(dataclasses.asdict(settings), default=str)))
+    flat.pop("mesh.process_id", None)
+    return flat
+
+
+def check_same_settings(settings: object) -> None:
+    """Multi-process runs: ConfigError naming the first differing flag unless every process
+    was started with the settings of process 0 (--mesh.process-id apart). Every process
+    raises, so none waits for the others at a collective."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(json.dumps(_flat_settings(settings), sort_keys=True).encode(), np.uint8)
+    longest = int(multihost_utils.process_allgather(np.array([mine.size])).max())
+    every = multihost_utils.process_allgather(np.pad(mine, (0, longest - mine.size)))
+    texts = [bytes(row).rstrip(b"\0").decode() for row in np.asarray(every)]
+    first = json.loads(texts[0])
+    for process, text in enumerate(texts[1:], start=1):
+        other = json.loads(text)
+        for key in sorted(first.keys() | other.keys()):
+            if first.get(key) != other.get(key):
+                raise ConfigError(
+                    f"the processes were started with different settings: process {process} "
+                    f"has {flag_name(key)} {other.get(key)!r}, process 0 {first.get(key)!r}; "
+                    "run the same command on every host (only --mesh.process-id differs)")
 
 
 def check_batches(cfg: RunConfig, devices: int) -> None:

@@ -154,6 +154,9 @@ class MeshConfig:
     """Number of processes (multi-host without auto-detection)."""
     process_id: int | None = None
     """This process's index (multi-host without auto-detection)."""
+    join_timeout: int = 300
+    """Seconds a process waits for all processes to join (multi-host) before it stops with
+    one error line."""
     cpu_devices: int = 0
     """At most this many XLA devices to split this host's CPU into (the largest count that
     divides the batches; 0: up to one per core, or --mesh.data when given; 1: one device).
@@ -166,6 +169,7 @@ class MeshConfig:
         _at_least(self, "num_processes", 1)
         _at_least(self, "cpu_devices", 0)
         _at_least(self, "process_id", 0)
+        _at_least(self, "join_timeout", 1)
         if self.num_processes is not None and self.process_id is not None:
             require(self.process_id < self.num_processes, self, "process_id",
                     f"{self.process_id} must be < num_processes {self.num_processes}")
