@@ -19,6 +19,7 @@ from data.arc import SUBSETS
 from data.common import DataError
 from data.maze_gen import default_min_path_length
 from trm.cli import (
+    argument_parser,
     int_at_least,
     interrupted,
     non_negative_int,
@@ -30,7 +31,7 @@ from trm.cli import (
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data", description=__doc__.split("\n")[0])
+    p = argument_parser(prog="python -m data", description=__doc__.split("\n")[0])
     cmd = p.add_subparsers(dest="command", required=True)
     b = cmd.add_parser("build", help="validate raw files and write a data set directory")
     bk = b.add_subparsers(dest="kind", required=True)
@@ -76,12 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--count", type=positive_int, required=True)
         q.add_argument("--out", type=Path, required=True, help="CSV file to write")
         q.add_argument("--seed", type=non_negative_int, default=0)
+    for q in (a, gs, gm):  # the commands with a progress bar
+        q.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar (e.g. output to a log file)")
     return p
 
 
 def _run(args: argparse.Namespace) -> str:
     if args.command == "build":
-        common = dict(seed=args.seed, num_aug=args.num_aug, strict=args.strict)
+        common = {"seed": args.seed, "num_aug": args.num_aug, "strict": args.strict}
         if args.kind == "sudoku":
             meta = build.build_sudoku(args.train_csv, args.test_csv, args.out,
                                       subsample_size=args.subsample_size,
@@ -91,7 +95,7 @@ def _run(args: argparse.Namespace) -> str:
                                     subsample_size=args.subsample_size, **common)
         else:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
-                                   **common)
+                                   progress=args.progress, **common)
         lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
         rows = meta["splits"]["train"]["total_groups"]
         if args.kind != "arc" and args.subsample_size and rows < args.subsample_size:
@@ -103,11 +107,12 @@ def _run(args: argparse.Namespace) -> str:
     if args.kind == "sudoku":
         generate.write_sudoku_csv(args.out, args.count, seed=args.seed,
                                   min_rating=args.min_rating, min_clues=args.min_clues,
-                                  workers=args.workers)
+                                  workers=args.workers, progress=args.progress)
         return f"wrote {args.count} Sudokus to {args.out} in {time.perf_counter() - t0:.1f} s"
     lengths = generate.write_maze_csv(args.out, args.count, size=args.size,
                                       min_path_length=args.min_path_length,
-                                      unique_path=not args.allow_ties, seed=args.seed)
+                                      unique_path=not args.allow_ties, seed=args.seed,
+                                      progress=args.progress)
     pct = np.percentile(lengths, [0, 25, 50, 75, 100]) if len(lengths) else []
     return (f"wrote {args.count} mazes to {args.out} in {time.perf_counter() - t0:.1f} s; "
             f"path length min/25%/median/75%/max = {'/'.join(str(int(x)) for x in pct)}")

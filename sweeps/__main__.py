@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from data.common import atomic_file, check_can_write_in
 from data.storage import is_url
-from trm.cli import exit_process, positive_int, run_cli
+from trm.cli import argument_parser, exit_process, positive_int, run_cli
 
 
 def _accuracy(text: str) -> float:
@@ -40,7 +40,7 @@ def _accuracy(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0],
+    p = argument_parser(prog="python -m sweeps", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
     cmd = p.add_subparsers(dest="command", required=True)

@@ -195,7 +195,10 @@ def test_cli_generate(tmp_path, capsys):
     assert main(["generate", "sudoku", "--count", "2", "--workers", "1", "--out",
                  str(tmp_path / "s.csv")]) == 0
     assert len(sources.read_sudoku_csv(tmp_path / "s.csv").inputs) == 2
-    capsys.readouterr()
+    assert "sudoku: 100%" in capsys.readouterr().err  # the bar
+    assert main(["generate", "sudoku", "--count", "2", "--workers", "1", "--no-progress",
+                 "--out", str(tmp_path / "s2.csv")]) == 0
+    assert capsys.readouterr().err == ""
     assert main(["generate", "maze", "--count", "1", "--size", "3", "--min-path-length", "50",
                  "--out", str(tmp_path / "bad.csv")]) == 1
     assert capsys.readouterr().err.startswith("error: min_path_length 50 is impossible")

@@ -206,3 +206,20 @@ def test_a_failure_after_an_unfinished_progress_bar_line_reads_as_its_error(tmp_
                     b"another run (pid 8033 on vm)\n")
     assert runner._last_line(log) == ("error: runs/x/checkpoints is in use by another run (pid "
                                       "8033 on vm)")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("sweeps", ["analyze", "--target", "0"],
+     "error: python -m sweeps analyze: argument --target: an exact accuracy in (0, 1], got 0 "
+     "(see python -m sweeps analyze --help)"),
+    ("data", ["build", "arc", "--arc-dir", "x"],
+     "error: python -m data build arc: the following arguments are required: --subsets, "
+     "--test-subset, --out (see python -m data build arc --help)"),
+    ("trm.parity", [], "error: python -m trm.parity: the following arguments are required: "
+     "files (see python -m trm.parity --help)"),
+])
+def test_usage_errors_are_one_line(module, argv, message):
+    """argparse prints its usage block before the error; our commands print one line."""
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=False, timeout=120)
+    assert (done.returncode, done.stderr) == (2, message + "\n")

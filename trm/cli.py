@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -42,6 +43,17 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def argument_parser(**kwargs: object) -> argparse.ArgumentParser:
+    """An argparse parser whose usage errors are one line, `error: ... (see PROG --help)`, exit
+    status 2, as every other bad input of our commands (argparse prints its usage block
+    first); its subcommands' parsers do the same."""
+    class OneLineErrors(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+    return OneLineErrors(**kwargs)  # type: ignore[arg-type]
 
 
 positive_int = int_at_least(1)

@@ -41,7 +41,9 @@ def _from_orbax(record: logging.LogRecord) -> bool:
 # that a reader's manager is read-only (as asked); the reads of a step found unusable leave
 # tasks and futures whose exceptions asyncio logs when they are collected, at any later
 # time (hundreds of lines); abandoned coroutines warn at exit.
-_ORBAX_NOISE = ("Metadata file does not exist", "read_only=True", "Given directory is read only")
+# and a multi-host preemption stop, which `trm.run_checkpoints.save_before_stopping` reports.
+_ORBAX_NOISE = ("Metadata file does not exist", "read_only=True", "Given directory is read only",
+                "Reached preemption sync point")
 logging.getLogger("absl").addFilter(lambda r: not (_from_orbax(r) and (
     r.levelno >= logging.ERROR or any(m in r.getMessage() for m in _ORBAX_NOISE))))
 logging.getLogger("asyncio").addFilter(lambda r: not (

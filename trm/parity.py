@@ -26,7 +26,6 @@ it; `max_rel_err` is the largest error of the quantities not compounded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm.checkpoint import short_reason
+from trm.cli import argument_parser
 from trm.config import ConfigError, ModelConfig
 from trm.loss import loss_head
 from trm.models import ACTModel, Carry
@@ -334,7 +334,7 @@ def check(fx: Fixture) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trm.parity", description=__doc__.split("\n")[0])
+    parser = argument_parser(prog="python -m trm.parity", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", help="fixture .npz files in the official format")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help="every quantity may differ by this much (relative) ...")

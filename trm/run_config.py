@@ -183,7 +183,8 @@ class DataConfig:
     """Training data."""
 
     data_dir: str = "data/sudoku-extreme-1k-aug-1000"
-    """Data set directory (train/ and test/ splits); the generated set is written here."""
+    """Built data set directory (metadata.json and its splits: train/ and test/, or arc/ for ARC
+    sets); the generated set is written here."""
     generate: Generated = "none"
     """Generate a small synthetic data set into data_dir first (none: read it as is)."""
     num_train: int = 1000
