@@ -152,7 +152,9 @@ def _run(args: argparse.Namespace) -> None:
         check_can_write_in(settings.run_root)  # before any data set or run starts
     if args.dry_run:
         for r in runs:
-            state = ("to run" if not r.finished() else
+            step = None if r.finished() else r.saved_step()
+            state = ("to run" if not r.finished() and step is None else
+                     f"resumes at step {step}" if step is not None else
                      "stale" if r.stale() else "finished")  # stale: another command line
             print(f"{r.name:<22} {state:<9} {r.shown}")
         return

@@ -120,6 +120,10 @@ def test_cli(tmp_path, capsys, fake_train):
     assert "--scale cpu" in target.read_text().splitlines()[1]
     assert main(["run", "exp05_a", "--dry-run", "--root", str(tmp_path / "r")]) == 0
     assert "to run" in capsys.readouterr().out
+    for step in ("7", "12"):  # an interrupted run (orbax's step directories)
+        (tmp_path / "r/exp05_a/checkpoints" / step).mkdir(parents=True)
+    assert main(["run", "exp05_a", "--dry-run", "--root", str(tmp_path / "r")]) == 0
+    assert "resumes at step 12" in capsys.readouterr().out
     for flag in ("--jobs", "--steps"):  # also with --dry-run, which runs nothing
         assert main(["run", "exp05_a", "--dry-run", "--scale", "cpu", flag, "0"]) == 2
         assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
@@ -210,13 +214,13 @@ def test_a_failure_after_an_unfinished_progress_bar_line_reads_as_its_error(tmp_
 
 @pytest.mark.parametrize("module, argv, message", [
     ("sweeps", ["analyze", "--target", "0"],
-     "error: python -m sweeps analyze: argument --target: an exact accuracy in (0, 1], got 0 "
-     "(see python -m sweeps analyze --help)"),
+     ("error: python -m sweeps analyze: argument --target: an exact accuracy in (0, 1], got 0 "
+     "(see python -m sweeps analyze --help)")),
     ("data", ["build", "arc", "--arc-dir", "x"],
-     "error: python -m data build arc: the following arguments are required: --subsets, "
-     "--test-subset, --out (see python -m data build arc --help)"),
-    ("trm.parity", [], "error: python -m trm.parity: the following arguments are required: "
-     "files (see python -m trm.parity --help)"),
+     ("error: python -m data build arc: the following arguments are required: --subsets, "
+     "--test-subset, --out (see python -m data build arc --help)")),
+    ("trm.parity", [], ("error: python -m trm.parity: the following arguments are required: "
+     "files (see python -m trm.parity --help)")),
 ])
 def test_usage_errors_are_one_line(module, argv, message):
     """argparse prints its usage block before the error; our commands print one line."""

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int, Integer
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from data.augment import crop_canvas
 from data.common import IGNORE_LABEL_ID, atomic_file
@@ -186,6 +187,7 @@ def plot_per_step(path: str | os.PathLike[str], curves: Mapping[str, Mapping[str
                 label=f"{name}: adaptive ({c['adaptive_exact_accuracy']:.3f} at "
                       f"{c['adaptive_mean_steps']:.2f} steps)")
     ax.set_xlabel("supervision steps")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("exact accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
