@@ -1,0 +1,97 @@
+"""Evaluations within a training run: which checkpoints carry metrics, an evaluation cut
+short by a stop, the terminal line, and running out of memory."""
+
+from __future__ import annotations
+
+import pytest
+from test_loop import saved_steps, tiny_args
+
+from trm import loop
+from trm.loop import train
+from trm.run_config import parse_cli
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "sudoku"
+
+
+def test_only_evaluated_steps_carry_metrics_for_the_best_checkpoint(tmp_path, data_dir,
+                                                                    monkeypatch):
+    """A periodic checkpoint between evaluations is saved without metrics: with the last
+    evaluation's results it tied with the evaluated step, and orbax's BestN keeps the later of
+    equals, so the 'best' checkpoint held weights that were never evaluated."""
+    saves = []
+    real_save = loop.Checkpointer.save
+
+    def recorded(self, step, *args, metrics=None, **kwargs):
+        saves.append((step, None if metrics is None else sorted(metrics)))
+        return real_save(self, step, *args, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(loop.Checkpointer, "save", recorded)
+    train(parse_cli(tiny_args(tmp_path / "run", data_dir, "--max-steps", "11",
+                              "--checkpoint.every-n-steps", "5", "--checkpoint.keep-last", "1",
+                              "--checkpoint.keep-best-metric", "test/exact_accuracy")),
+          progress=False)
+    assert [step for step, _ in saves] == [5, 6, 10, 11]  # evaluations at 6 and 11 (the last)
+    assert [metrics is not None for _, metrics in saves] == [False, True, False, True]
+    assert "test/exact_accuracy" in saves[1][1]
+    assert set(saved_steps(tmp_path / "run")) <= {6, 11}
+
+
+@pytest.mark.parametrize("stop_at", [pytest.param(6, marks=pytest.mark.slow), 12])
+def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, capsys,
+                                                          monkeypatch, stop_at):
+    """SIGTERM during an evaluation saves its step without results; the resumed run evaluates
+    that step first (also when it is the last step, where nothing is left to train)."""
+    from trm.cli import Terminated
+
+    real, calls = loop.evaluate, []
+
+    def cut_short(model, data, cfg, mesh):  # evaluations at steps 6 and 12
+        calls.append(1)
+        if len(calls) == stop_at // 6:
+            raise Terminated
+        return real(model, data, cfg, mesh)
+
+    args = tiny_args(tmp_path / "run", data_dir, "--max-steps", "12")
+    monkeypatch.setattr(loop, "evaluate", cut_short)
+    with pytest.raises(Terminated):
+        train(parse_cli(args), progress=False)
+    assert saved_steps(tmp_path / "run")[-1] == stop_at
+    monkeypatch.setattr(loop, "evaluate", real)
+    capsys.readouterr()
+    resumed = train(parse_cli(args), progress=True)
+    out, err = capsys.readouterr()
+    assert (f"notice: evaluating step {stop_at} first: it was saved without the evaluation "
+            "due at it (the run stopped)") in err
+    evals = [line.split(" test:")[0] for line in (out + err).splitlines()
+             if line.startswith("eval step")]
+    assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]
+                     + (["eval step 12/12 epoch 2.0"] if stop_at == 6 else []))
+    assert resumed.steps == 12 and resumed.eval_metrics["test"]["count"] == 16
+
+
+def test_running_out_of_memory_is_one_error_line(capsys):
+    """XLA failing to allocate (an ARC preset's batch on a CPU asked for 74 GiB) ends every
+    command with one line naming the size and what to lower, exit status 1, no traceback."""
+    import jax.numpy as jnp
+
+    from trm.cli import run_cli
+
+    assert run_cli(lambda argv: jnp.zeros(10**11).block_until_ready(), []) == 1
+    assert capsys.readouterr().err == (
+        "error: out of memory: Out of memory allocating 400000000000 bytes (372.5 GiB); use a "
+        "smaller batch (train.py --optim.global-batch-size / --eval.batch-size, evaluate.py "
+        "--batch-size) or model, or more devices\n")
+
+
+def test_the_eval_line_of_an_arc_run_shows_pass_at_1_and_2():
+    from trm.progress import eval_line
+
+    metrics = {"exact_accuracy": 0.25, "accuracy": 0.5, "adaptive_mean_steps": 2.0,
+               "adaptive_exact_accuracy": 0.125, "pass@1": 0.375, "pass@10": 0.5,
+               "pass@2": 0.4375}
+    assert eval_line(12, 24, 1.0, "test", metrics, 75.0) == (
+        "eval step 12/24 epoch 1.0 test: exact 0.2500 token 0.5000 halting 2.00 steps "
+        "(exact 0.1250) pass@1 0.3750 pass@2 0.4375 [1:15]")
