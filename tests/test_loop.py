@@ -252,6 +252,18 @@ def test_a_preset_for_other_data_warns(tmp_path, data_dir, two_step_run, capsys)
                            "--run-dir", str(tmp_path / "run"), "--optim.epochs", "1", "--eval.eval-interval", "1",
                            "--optim.global-batch-size", "100000"]) == 2
     assert len(messages(capsys.readouterr().err)) == 1  # its own kind of data: no warning
+    # the other way round: Sudoku's sizes are also ModelConfig's defaults
+    from data.generate import ensure_tiny_dataset
+
+    maze = ensure_tiny_dataset("maze", tmp_path / "maze", train_count=4, test_count=2, size=6)
+    assert train_cli.main(["sudoku-extreme", "--no-track", "--data.data-dir", str(maze),
+                           "--run-dir", str(tmp_path / "run"), "--optim.epochs", "1",
+                           "--eval.eval-interval", "1",
+                           "--optim.global-batch-size", "100000"]) == 2
+    err = messages(capsys.readouterr().err)
+    assert err[0] == (f"warning: {maze} is a maze data set: --model.seq-len 81 (the data set "
+                      "has 36), --model.vocab-size 11 (the data set has 6); the model takes "
+                      "the data set's values (a preset meant for other data?)")
 
 
 def test_the_recorded_data_dir_is_absolute(tmp_path, monkeypatch):

@@ -101,13 +101,13 @@ def require_arc_data(metadata: Any, data_dir: str | Path) -> None:
 
 
 def data_set_mismatches(model: ModelConfig, metadata: Any) -> list[str]:
-    """'--model.seq-len 900 (the data set has 81)' for each of vocab_size and seq_len that a
-    preset or a flag set (not the default) to another value than the data set's: a recipe
-    meant for another kind of data. (num_puzzle_identifiers is always the data set's.)"""
-    default = ModelConfig()
+    """'--model.seq-len 900 (the data set has 81)' for each of vocab_size and seq_len where
+    the preset (flags cannot set them: `trm.run_config.parse_cli`) differs from the data set:
+    a recipe meant for another kind of data. (num_puzzle_identifiers is always the data
+    set's.)"""
     return [f"{flag_name('model.' + k)} {getattr(model, k)} (the data set has "
             f"{getattr(metadata, k)})" for k in ("seq_len", "vocab_size")
-            if getattr(default, k) != getattr(model, k) != getattr(metadata, k)]
+            if getattr(model, k) != getattr(metadata, k)]
 
 
 def model_config_for(model: ModelConfig, metadata: Any) -> ModelConfig:
