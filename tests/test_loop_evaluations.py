@@ -95,3 +95,21 @@ def test_the_eval_line_of_an_arc_run_shows_pass_at_1_and_2():
     assert eval_line(12, 24, 1.0, "test", metrics, 75.0) == (
         "eval step 12/24 epoch 1.0 test: exact 0.2500 token 0.5000 halting 2.00 steps "
         "(exact 0.1250) pass@1 0.3750 pass@2 0.4375 [1:15]")
+
+
+def test_an_evaluation_does_not_count_in_the_bars_step_rate():
+    import io
+
+    from tqdm import tqdm
+
+    from trm.progress import Reporter
+    from trm.tracking import Tracker
+
+    bar = tqdm(total=10, file=io.StringIO(), mininterval=0)
+    report = Reporter(Tracker(None), bar, global_batch=8, examples_per_epoch=80, last_step=10)
+    bar.update(1)
+    bar.start_t -= 100.0  # a 100 s evaluation since the bar last moved
+    bar.last_print_t -= 100.0
+    report.restart_clock()
+    assert bar.format_dict["elapsed"] < 1.0
+    bar.close()

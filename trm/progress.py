@@ -57,8 +57,10 @@ class Reporter:
         self.start = self.tick = time.perf_counter()
 
     def restart_clock(self) -> None:
-        """Exclude what ran since the last step (evaluation, saving) from examples/s."""
+        """Exclude what ran since the last step (evaluation, saving) from examples/s and from
+        the bar's rate (s/step) and elapsed time."""
         self.tick = time.perf_counter()
+        self.bar.unpause()
 
     def train_step(self, step: int, metrics: dict[str, float]) -> None:
         """Record one step's normalised metrics: history, Aim (context train), the bar."""
