@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> None:
             state = ("to run" if not r.finished() and step is None else
                      f"resumes at step {step}" if step is not None else
                      "stale" if r.stale() else "finished")  # stale: another command line
-            print(f"{r.name:<22} {state:<9} {r.shown}")
+            print(f"{r.name:<22} {state:<20} {r.shown}")
         return
     t0 = time.monotonic()
     outcomes = run_all(runs, jobs=args.jobs, force=args.force)

@@ -10,12 +10,10 @@ the first of them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import io
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -250,16 +248,20 @@ def _last_line(log: Path) -> str:
     return last
 
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None  # resolved here:
-# the child, between fork and exec, only calls it
+# Run before a training command, in its process (Linux): SIGTERM when the runner dies, even
+# by SIGKILL, so that no training run goes on unwatched, holding its run directory; then exec
+# the command. (A preexec_fn would make the runner's fork run JAX's fork warning.)
+_STOP_WITH_PARENT = ("import ctypes, os, signal, sys; "
+                     "ctypes.CDLL(None).prctl(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+                     "os.getppid() == int(sys.argv[1]) or sys.exit(143); "  # already gone
+                     "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
-def _stop_with_parent() -> None:
-    """In a child, before exec (Linux): SIGTERM when the runner dies, even by SIGKILL, so that
-    no training run goes on unwatched, holding its run directory."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def _stopping_with_runner(argv: list[str]) -> list[str]:
+    """`argv`, started so that it gets SIGTERM when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", _STOP_WITH_PARENT, str(os.getpid()), *argv]
 
 
 def _prepare(runs: Sequence[PlannedRun]) -> None:
@@ -312,9 +314,8 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
                 with open(r.log, "a") as log:
                     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {r.command}\n")
                     log.flush()
-                    proc = subprocess.Popen(r.launch, stdout=log, stderr=subprocess.STDOUT,
-                                            env=child_env,
-                                            preexec_fn=_stop_with_parent)  # noqa: PLW1509
+                    proc = subprocess.Popen(_stopping_with_runner(r.launch), stdout=log,
+                                            stderr=subprocess.STDOUT, env=child_env)
                 say(f"[{r.name}] started (log {r.log})")
                 active.append((r, proc, time.monotonic()))
             time.sleep(poll_s)

@@ -16,27 +16,34 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data") / "sudoku"
 
 
-def test_only_evaluated_steps_carry_metrics_for_the_best_checkpoint(tmp_path, data_dir,
-                                                                    monkeypatch):
-    """A periodic checkpoint between evaluations is saved without metrics: with the last
-    evaluation's results it tied with the evaluated step, and orbax's BestN keeps the later of
-    equals, so the 'best' checkpoint held weights that were never evaluated."""
+def test_only_evaluated_steps_carry_metrics_and_the_best_survives_a_resume(
+        tmp_path, data_dir, monkeypatch):
+    """A periodic checkpoint between evaluations is saved without metrics (with the last
+    evaluation's it tied with the evaluated step, and orbax's BestN keeps the later of equals:
+    the 'best' held weights never evaluated). The metrics are on disk, so a resumed run still
+    ranks the steps saved before it (orbax kept them in memory only: the best was deleted)."""
     saves = []
     real_save = loop.Checkpointer.save
 
     def recorded(self, step, *args, metrics=None, **kwargs):
-        saves.append((step, None if metrics is None else sorted(metrics)))
+        saves.append((step, metrics))
         return real_save(self, step, *args, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(loop.Checkpointer, "save", recorded)
-    train(parse_cli(tiny_args(tmp_path / "run", data_dir, "--max-steps", "11",
-                              "--checkpoint.every-n-steps", "5", "--checkpoint.keep-last", "1",
-                              "--checkpoint.keep-best-metric", "test/exact_accuracy")),
-          progress=False)
-    assert [step for step, _ in saves] == [5, 6, 10, 11]  # evaluations at 6 and 11 (the last)
-    assert [metrics is not None for _, metrics in saves] == [False, True, False, True]
-    assert "test/exact_accuracy" in saves[1][1]
-    assert set(saved_steps(tmp_path / "run")) <= {6, 11}
+    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.every-n-steps", "5",
+                     "--checkpoint.keep-last", "1", "--checkpoint.keep-best-metric",
+                     "test/lm_loss", "--checkpoint.best-mode", "max")
+    train(parse_cli([*args, "--max-steps", "7"]), progress=False)
+    train(parse_cli([*args, "--max-steps", "11"]), progress=False)  # resumes at 7
+    assert [step for step, _ in saves] == [5, 6, 7, 10, 11]  # evaluations at 6, 7 and 11
+    assert [metrics is not None for _, metrics in saves] == [False, True, True, False, True]
+    loss = {step: m["test/lm_loss"] for step, m in saves if m is not None}
+    best = max(sorted(loss), key=lambda s: (loss[s], s))  # ties: the later step
+    assert saved_steps(tmp_path / "run") == sorted({best, 11})
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager((tmp_path / "run/checkpoints").resolve()) as manager:
+        assert manager.metrics(best)["test/lm_loss"] == loss[best]
 
 
 @pytest.mark.parametrize("stop_at", [pytest.param(6, marks=pytest.mark.slow), 12])
@@ -70,6 +77,10 @@ def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, c
     assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]
                      + (["eval step 12/12 epoch 2.0"] if stop_at == 6 else []))
     assert resumed.steps == 12 and resumed.eval_metrics["test"]["count"] == 16
+    again = train(parse_cli(args), progress=False)  # finished and evaluated: nothing to do
+    err = capsys.readouterr().err
+    assert "nothing to train" in err and "evaluating step" not in err
+    assert again.eval_metrics == {}
 
 
 def test_running_out_of_memory_is_one_error_line(capsys):

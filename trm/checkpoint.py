@@ -19,6 +19,7 @@ A step that cannot be read, does not match its digests or holds non-finite numbe
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -28,9 +29,11 @@ import equinox as eqx
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from data.common import atomic_file
 from data.storage import as_path, is_url
 from trm.cli import RunFailed
 from trm.config import ModelConfig, upgrade_model_fields
@@ -71,18 +74,25 @@ def abstract_arrays(template: T, sharding: jax.sharding.Sharding | None = None) 
     return jax.tree.map(to_abstract, eqx.filter(template, _is_array_like))
 
 
-def _preservation(cfg: CheckpointConfig) -> policies.LatestN | policies.AnyPreservationPolicy:
-    latest = policies.LatestN(n=cfg.keep_last)
+def _best_metric(cfg: CheckpointConfig) -> Callable[[dict[str, float]], float] | None:
+    """The value of --checkpoint.keep-best-metric in a step's metrics (the worst without it)."""
     if cfg.keep_best_metric is None:
-        return latest
-    key, larger_is_better = cfg.keep_best_metric, cfg.best_mode == "max"
-    worst = -math.inf if larger_is_better else math.inf
+        return None
+    key = cfg.keep_best_metric
+    worst = -math.inf if cfg.best_mode == "max" else math.inf
 
     def metric(metrics: dict[str, float]) -> float:
         return float(metrics.get(key, worst))
+    return metric
 
+
+def _preservation(cfg: CheckpointConfig) -> policies.LatestN | policies.AnyPreservationPolicy:
+    latest = policies.LatestN(n=cfg.keep_last)
+    metric = _best_metric(cfg)
+    if metric is None:
+        return latest
     # BestN keeps the last n after an ascending sort (reverse=True: the smallest).
-    best = policies.BestN(get_metric_fn=metric, reverse=not larger_is_better, n=1,
+    best = policies.BestN(get_metric_fn=metric, reverse=cfg.best_mode != "max", n=1,
                           keep_checkpoints_without_metrics=False)
     return policies.AnyPreservationPolicy([latest, best])
 
@@ -150,6 +160,9 @@ class Checkpointer:
                              "data": data_fingerprint, "data_contents": data_contents}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
+            # with best_fn orbax also writes each step's metrics to disk (else it ranks only
+            # the steps saved by this process: a resumed run lost its best step)
+            best_fn=_best_metric(cfg), best_mode=cfg.best_mode,
             create=not read_only, read_only=read_only,
             # a save cut short (full disk, kill) leaves a temporary directory; a reader must
             # not remove it: it may be the save a running training is writing
@@ -170,13 +183,14 @@ class Checkpointer:
         that fails is reported by the next `save`, `wait_until_finished` or `close`.
         """
         arrays = eqx.filter(state, eqx.is_array)
-        items: dict[str, Any] = {
-            "state": ocp.args.StandardSave(arrays),
-            "config": ocp.args.JsonSave(self._config_json | {"digests": digests(arrays)})}
-        if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardSave(arrays),
+            "config": ocp.args.JsonSave(self._config_json | {"digests": digests(arrays),
+                                                             "metrics": metrics})}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.wait_until_finished()  # orbax waits for the previous write anyway
         with self._save_errors(step):
             saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
@@ -250,9 +264,38 @@ class Checkpointer:
             raise UnusableCheckpoint(step, "it holds non-finite numbers (NaN/Inf)")
         return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
 
-    def metrics(self, step: int) -> dict[str, float] | None:
-        """The metrics saved with `step` (its evaluation's results), None if it has none."""
-        return self._manager.metrics(step)
+    def evaluated(self, step: int) -> bool:
+        """Whether `step` was saved with its evaluation's metrics (`save(metrics=...)`) or
+        evaluated after it was saved (`record_evaluation`); True for a checkpoint written
+        before that was recorded, False for an unreadable one."""
+        if str(step) in self._late_evaluations():
+            return True
+        try:
+            stored = self.stored_config(step)
+        except UnusableCheckpoint:
+            return False
+        return "metrics" not in stored or stored["metrics"] is not None
+
+    def record_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        """Note that saved `step` has been evaluated after its save (a stop had cut its
+        evaluation short), in <dir>/late_evaluations.json (orbax cannot add metrics to a
+        saved step); process 0 writes."""
+        if jax.process_index() != 0:
+            return
+        record = self._late_evaluations() | {str(step): {k: float(v) for k, v in
+                                                         metrics.items()}}
+        with atomic_file(self._late_evaluations_path()) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+    def _late_evaluations_path(self) -> epath.Path:
+        return as_path(self.directory) / "late_evaluations.json"
+
+    def _late_evaluations(self) -> dict[str, Any]:
+        path = self._late_evaluations_path()
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):  # unreadable: as if absent
+            return {}
 
     def setting_changes(self, step: int) -> list[str]:
         """The MODEL_TRAJECTORY model fields and TRAJECTORY run settings of this run that differ

@@ -272,7 +272,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     # a stop during the evaluation of the step resumed from (saved without its results)
     eval_cut_short = (0 < start <= last_step and bool(cfg.eval.eval_sets)
                       and (start == last_step or evaluates_at(start, eval_every, total))
-                      and checkpointer.metrics(start) is None)
+                      and not checkpointer.evaluated(start))
     if check_resume_point(start, last_step, cfg, total) and not eval_cut_short:
         checkpointer.close()
         return TrainResult(state=state, steps=start, train_metrics=[], eval_metrics={})
@@ -309,9 +309,10 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     try:
         if eval_cut_short:
             if jax.process_index() == 0:
-                print(f"notice: evaluating step {start} first: it was saved without the "
-                      "evaluation due at it (the run stopped)", file=sys.stderr, flush=True)
+                tqdm.write(f"notice: evaluating step {start} first: it was saved without the "
+                           "evaluation due at it (the run stopped)", file=sys.stderr)
             evals = evaluate_step(start, with_model_config(state, model_cfg))
+            checkpointer.record_evaluation(start, _flat(evals))
         for step in range(start + 1, last_step + 1):
             phase_cfg = phase_config(model_cfg, phases[phase_index(phases, step - 1, total)])
             if phase_cfg != phase_now:
@@ -340,8 +341,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                     evals = evaluate_step(step, to_save)
                 # only an evaluated step carries metrics: --checkpoint.keep-best-metric ranks
                 # the weights that were evaluated
-                flat = ({f"{s}/{k}": v for s, m in evals.items() for k, v in m.items()}
-                        if is_eval else {})
+                flat = _flat(evals) if is_eval else {}
                 with hold_sigterm():  # a save is handed to orbax whole
                     checkpointer.save(step, to_save, data_iter, metrics=flat or None, force=True)
                 report.restart_clock()
@@ -370,6 +370,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
         tracker.close()
     return TrainResult(state=state, steps=int(state.step), train_metrics=report.history,
                        eval_metrics=evals)
+
+
+def _flat(evals: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{"test/exact_accuracy": ...}: the checkpoint metrics of an evaluation's results."""
+    return {f"{split}/{k}": v for split, m in evals.items() for k, v in m.items()}
 
 
 def _scalar_evals(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:

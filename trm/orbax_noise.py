@@ -43,7 +43,7 @@ def _from_orbax(record: logging.LogRecord) -> bool:
 # time (hundreds of lines); abandoned coroutines warn at exit.
 # and a multi-host preemption stop, which `trm.run_checkpoints.save_before_stopping` reports.
 _ORBAX_NOISE = ("Metadata file does not exist", "read_only=True", "Given directory is read only",
-                "Reached preemption sync point")
+                "Reached preemption sync point", "did not provide metrics")
 logging.getLogger("absl").addFilter(lambda r: not (_from_orbax(r) and (
     r.levelno >= logging.ERROR or any(m in r.getMessage() for m in _ORBAX_NOISE))))
 logging.getLogger("asyncio").addFilter(lambda r: not (
