@@ -112,7 +112,7 @@ def test_sigterm_to_one_process_saves_one_step_on_all_and_the_run_resumes(tmp_pa
     assert [p.returncode for p in procs] == [143, 143], [e[-2000:] for e in errs]
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
                    if p.name.isdigit())
-    assert len(saved) == 1 and 1 <= saved[0] < 200, saved
+    assert len(saved) == 1 and saved[0] >= 1, saved  # exit 143: stopped before its end
     notice = (f"notice: saved checkpoint step {saved[0]} before stopping; rerun the command "
               "to resume")
     assert notice in errs[0] and notice not in errs[1], errs[0][-2000:]
