@@ -7,7 +7,8 @@ Each step directory holds three items:
 - `data_iter`: a Grain iterator's position, for an exact resume (optional);
 - `config`: JSON `{"model": ModelConfig fields, "run": RunConfig fields, "data": the training
   data set's fingerprint (data/fingerprint.py) or null, "data_contents": the digest of its
-  arrays (`fingerprint.contents`, checked on resume) or null, "digests": ...}`. A restore whose
+  arrays (`fingerprint.contents`, checked on resume) or null, "evaluated": whether it was
+  saved with its evaluation's metrics (orbax keeps the metrics), "digests": ...}`. A restore whose
   requested ModelConfig (or state-shaping run setting) differs from the stored one is refused,
   naming the flags; `digests` (`trm.integrity`) are checked after a restore.
 Retention: the `keep_last` most recent steps, plus the best step by `keep_best_metric`.
@@ -188,7 +189,7 @@ class Checkpointer:
         items: dict[str, Any] = {
             "state": ocp.args.StandardSave(arrays),
             "config": ocp.args.JsonSave(self._config_json | {"digests": digests(arrays),
-                                                             "metrics": metrics})}
+                                                             "evaluated": metrics is not None})}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.wait_until_finished()  # orbax waits for the previous write anyway
@@ -274,7 +275,7 @@ class Checkpointer:
             stored = self.stored_config(step)
         except UnusableCheckpoint:
             return False
-        return "metrics" not in stored or stored["metrics"] is not None
+        return bool(stored.get("evaluated", True))
 
     def record_evaluation(self, step: int, metrics: dict[str, float]) -> None:
         """Note that saved `step` has been evaluated after its save (a stop had cut its

@@ -300,6 +300,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     # one process: SIGTERM raises Terminated, held back while a step or a save is handed over;
     # several: jax.distributed's preemption service owns SIGTERM (see preemption_reached)
     hold_sigterm = sigterm_deferred if jax.process_count() == 1 else contextlib.nullcontext
+
     def evaluate_step(step: int, to_save: TrainState) -> dict[str, dict[str, float]]:
         model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
         results = _scalar_evals(evaluate(model, data_dir, cfg, mesh))

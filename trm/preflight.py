@@ -29,6 +29,7 @@ from data.storage import is_url, local_copy, probe_write
 from trm.checkpoint import short_reason
 from trm.cli import BLOCKING_THREAD, RunFailed
 from trm.config import ConfigError, flag_name
+from trm.config_diff import to_json
 from trm.run_config import MeshConfig, RunConfig
 
 
@@ -140,7 +141,7 @@ def _flat_settings(settings: object) -> dict[str, Any]:
         else:
             flat[prefix[:-1]] = value
 
-    walk("", json.loads(json.dumps(dataclasses.asdict(settings), default=str)))
+    walk("", to_json(settings))
     flat.pop("mesh.process_id", None)
     return flat
 

@@ -11,8 +11,6 @@ host of a pod logs through it (only process 0 writes).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import socket
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import jax
 
 from data.common import check_can_write_in
+from trm.config_diff import to_json
 from trm.run_config import RunConfig, TrackingConfig
 
 TRAIN: dict[str, str] = {"subset": "train"}
@@ -30,7 +29,7 @@ TRAIN: dict[str, str] = {"subset": "train"}
 
 def hparams(run_config: RunConfig) -> dict[str, Any]:
     """The run config as JSON data (nested dicts, tuples as lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(run_config)))
+    return to_json(run_config)
 
 
 def run_name(cfg: TrackingConfig) -> str:
