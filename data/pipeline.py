@@ -26,7 +26,7 @@ from data.common import DataError
 from data.store import DatasetMetadata, load_metadata
 
 __all__ = ["DatasetMetadata", "load_metadata", "train_iterator", "train_dataset",
-           "eval_batches", "eval_dataset", "task_ids", "arc_pairs"]
+           "eval_batches", "eval_dataset", "eval_rows", "task_ids", "arc_pairs"]
 
 NumAug = int | Literal["default", "fresh"]
 
@@ -207,16 +207,23 @@ def eval_dataset(data_dir: Path | str, *, global_batch_size: int, split: str = "
     Padding rows have valid False, PAD inputs, ignored labels, blank identifier, -1 indices.
     """
     data_dir = Path(data_dir)
+    shard_index, shard_count, local = _shard(global_batch_size, shard_index, shard_count)
+    n_aug = _num_aug(num_aug, store.read_metadata_json(data_dir))
+    rows = eval_rows(data_dir, split, n_aug)
+    fn = _EvalBatches(data_dir, split, n_aug, global_batch_size, shard_index, local, rows)
+    return grain.MapDataset.range(-(-rows // global_batch_size)).map(fn)
+
+
+def eval_rows(data_dir: Path | str, split: str = "test", num_aug: NumAug = "default") -> int:
+    """How many rows `eval_dataset` enumerates for `split` (padding excluded)."""
+    data_dir = Path(data_dir)
     doc = store.read_metadata_json(data_dir)
     if split not in store.SPLITS:
         raise DataError(f"unknown split {split!r} (expected one of {store.SPLITS})")
-    shard_index, shard_count, local = _shard(global_batch_size, shard_index, shard_count)
     n_aug = _num_aug(num_aug, doc)
     if n_aug == FRESH_AUG:
         raise DataError("evaluation enumerates the fixed pool; num_aug 'fresh' is for training")
-    rows = _puzzles(data_dir, doc, split).eval_rows(n_aug)
-    fn = _EvalBatches(data_dir, split, n_aug, global_batch_size, shard_index, local, rows)
-    return grain.MapDataset.range(-(-rows // global_batch_size)).map(fn)
+    return _puzzles(data_dir, doc, split).eval_rows(n_aug)
 
 
 def eval_batches(data_dir: Path | str, *, global_batch_size: int, split: str = "test",

@@ -99,8 +99,10 @@ def with_some_answers(model, inputs, labels, puzzle_identifiers):
 def test_every_metric_is_the_same_for_any_batch_size_and_device_count(tmp_path):
     """Every name evaluation emits (official metrics, per-step curves, ARC pass@K and counts;
     taken from the results, so a new metric is covered too) has one value whether the 21
-    ARC test rows run in one batch of 24 (3 padding rows) or two of 16 (11), on 1 or 2
-    devices. (A padding row counts as exactly right, so a leak shows in every metric.)
+    ARC test rows run in two batches of 16 (11 padding rows) on 1 or 2 devices, or in one:
+    a batch above the rows is cut to them, rounded up to the devices (24 -> 21 rows on 1
+    device, 64 -> 22 on 2; padding costs as much as data). (A padding row counts as exactly
+    right, so a leak shows in every metric.)
 
     Rule: per-row values differ between batch shapes only by float32 rounding (measured:
     means within 1.2e-7 relative), so values must agree to 1e-5 relative; a padding row or
@@ -111,9 +113,16 @@ def test_every_metric_is_the_same_for_any_batch_size_and_device_count(tmp_path):
                                    L_cycles=1, num_heads=2, halt_max_steps=2,
                                    num_puzzle_identifiers=meta.num_puzzle_identifiers))
     model = eqx.tree_at(lambda m: m.q_head.bias, model, jnp.zeros_like(model.q_head.bias))
+    shapes = []
+
+    def recorded(model, inputs, *args):
+        shapes.append(inputs.shape[0])
+        return with_some_answers(model, inputs, *args)
+
     results = {(batch, devices): evaluate_split(model, arc_dir, "test", make_mesh(devices),
-                                                batch_size=batch, rollout_fn=with_some_answers)
-               for batch, devices in ((24, 1), (16, 1), (16, 2))}
+                                                batch_size=batch, rollout_fn=recorded)
+               for batch, devices in ((24, 1), (16, 1), (16, 2), (64, 2))}
+    assert shapes == [21, 16, 16, 16, 16, 22]
     reference = results[24, 1]
     names = set(reference.flat())
     assert {"q_halt_loss", "lm_loss", "exact_accuracy_at_step", "pass@2"} <= names

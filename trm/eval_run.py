@@ -137,8 +137,9 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
                    arc: bool | None = None, progress: bool = False,
                    rollout_fn: RolloutFn = rollout) -> SetResult:
     """Evaluate `model` on one split of a built data set. `arc`: vote over augmented copies
-    (None: on ARC data sets)."""
-    from data.pipeline import arc_pairs, eval_batches, eval_dataset, load_metadata, task_ids
+    (None: on ARC data sets). A `batch_size` above the split's rows is cut to the rows, rounded
+    up to a multiple of the devices (the metrics do not depend on it)."""
+    from data.pipeline import arc_pairs, eval_batches, eval_rows, load_metadata, task_ids
 
     meta = load_metadata(data_dir, split)
     check_compatible(model.config, meta)
@@ -149,8 +150,9 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
         require_arc_data(meta, data_dir)
     voter = (ArcVoter(arc_pairs(data_dir, split), task_ids(data_dir))
              if (meta.name == "arc" if arc is None else arc) else None)
-    n_batches = len(eval_dataset(data_dir, global_batch_size=batch_size, split=split))
-    with tqdm(total=n_batches, desc=f"eval {split}", unit="batch", dynamic_ncols=True,
+    rows, devices = eval_rows(data_dir, split), mesh.devices.size
+    batch_size = min(batch_size, max(1, -(-rows // devices)) * devices)
+    with tqdm(total=-(-rows // batch_size), desc=f"eval {split}", unit="batch", dynamic_ncols=True,
               disable=not progress or jax.process_index() != 0) as bar:
         return evaluate_stream(model, eval_batches(data_dir, global_batch_size=batch_size,
                                                    split=split),
