@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         for split, metrics in result.eval_metrics.items():
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())  # pass@K by K
+            if metrics.get("count", 1) == 0:  # e.g. ARC's hidden test set: outputs unknown
+                shown = "no known outputs to score (predictions only)"
             print(f"eval {split} @ step {result.steps}: {shown}")
 
     return run_cli(run, sys.argv[1:] if argv is None else argv)

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     for q in (s, m):
         q.add_argument("--train-csv", type=Path, required=True)
         q.add_argument("--test-csv", type=Path, required=True)
-    a = bk.add_parser("arc", help="ARC JSON (arc-agi_<subset>_{challenges,solutions}.json)")
+    a = bk.add_parser("arc", help="ARC JSON (arc-agi_<subset>_{challenges,solutions}.json; "
+                                  "the test subset's solutions are optional)")
     a.add_argument("--arc-dir", type=Path, required=True)
     a.add_argument("--subsets", nargs="+", required=True, help=f"of {', '.join(SUBSETS)}")
     a.add_argument("--test-subset", required=True,
@@ -97,6 +98,11 @@ def _run(args: argparse.Namespace) -> str:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
                                    progress=args.progress, **common)
         lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
+        unknown = meta["build"].get("unknown_test_outputs", 0)
+        if unknown:
+            lines.append(f"notice: {args.arc_dir}/arc-agi_{args.test_subset}_solutions.json "
+                         f"not found: the {unknown} test outputs are unknown; evaluation writes "
+                         "the submission and scores nothing")
         rows = meta["splits"]["train"]["total_groups"]
         if args.kind != "arc" and args.subsample_size and rows < args.subsample_size:
             filtered = " after --min-rating" if getattr(args, "min_rating", None) else ""

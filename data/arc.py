@@ -3,6 +3,9 @@
 
 Files: `<arc_dir>/arc-agi_<subset>_challenges.json` ({task: {"train": [{input, output}],
 "test": [{input}]}}) and `..._solutions.json` ({task: [output, ...]}, one per test input).
+The test subset may come without solutions (ARC Prize's `arc-agi_test_challenges.json`): its
+test outputs are then unknown, held as 0 x 0 grids (`UNKNOWN`), which the official builder
+fills with a dummy [[0]] instead.
 
 Pool: augmentation 0 of every task is the original; candidates (dihedral id, permutation of
 colours 1..9) are drawn from a per-task seeded stream and kept only if the augmented task (the
@@ -25,7 +28,9 @@ from tqdm import tqdm
 from data.augment import dihedral
 from data.common import ARC_SIZE, DataError, read_json
 
-SUBSETS = ("training", "evaluation", "concept", "training2", "evaluation2")
+SUBSETS = ("training", "evaluation", "concept", "training2", "evaluation2", "test")
+UNKNOWN = np.zeros((0, 0), np.uint8)  # a test output the files do not give
+_NOT_GIVEN = object()
 RETRIES_FACTOR = 5
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -78,7 +83,7 @@ def _pairs(where: str, examples: Any, outputs: list[Any] | None = None,
         if out is None:
             raise DataError(f"{where}[{i}]: example has no 'output'")
         out_where = f"{where}[{i}].output" if outputs is None else f"{outputs_where}[{i}]"
-        output = _grid(out_where, out)
+        output = UNKNOWN if out is _NOT_GIVEN else _grid(out_where, out)
         if outputs is not None and "output" in ex and not np.array_equal(
                 _grid(f"{where}[{i}].output", ex["output"]), output):
             raise DataError(f"{where}[{i}].output differs from {out_where}: the two files "
@@ -87,16 +92,23 @@ def _pairs(where: str, examples: Any, outputs: list[Any] | None = None,
     return pairs
 
 
-def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
-    """All tasks of one subset, with their test outputs from the solutions file."""
+def has_solutions(arc_dir: Path, subset: str) -> bool:
+    return (Path(arc_dir) / f"arc-agi_{subset}_solutions.json").is_file()
+
+
+def read_subset(arc_dir: Path, subset: str, *, solutions_optional: bool = False
+                ) -> list[ArcTask]:
+    """All tasks of one subset, with their test outputs from the solutions file; without
+    one, when `solutions_optional`, from the challenges' own "output" or else `UNKNOWN`."""
     if subset not in SUBSETS:
         raise DataError(f"unknown ARC subset {subset!r} (known: {', '.join(SUBSETS)})")
     cpath = Path(arc_dir) / f"arc-agi_{subset}_challenges.json"
     spath = Path(arc_dir) / f"arc-agi_{subset}_solutions.json"
     challenges = read_json(cpath)
-    if not spath.is_file():
-        raise DataError(f"{spath}: solutions file not found (needed for subset {subset!r})")
-    solutions = read_json(spath)
+    if not spath.is_file() and not solutions_optional:
+        raise DataError(f"{spath}: solutions file not found (needed for subset {subset!r}, "
+                        "which trains; only the test subset may come without one)")
+    solutions = read_json(spath) if spath.is_file() else _given_outputs(challenges)
     if not isinstance(challenges, dict) or not isinstance(solutions, dict):
         raise DataError(f"{cpath}: challenges and solutions must be JSON objects by task id")
     unknown = [tid for tid in solutions if tid not in challenges]
@@ -122,8 +134,21 @@ def read_subset(arc_dir: Path, subset: str) -> list[ArcTask]:
     return tasks
 
 
-def read_arc(arc_dir: Path, subsets: list[str] | tuple[str, ...]) -> list[ArcTask]:
-    """Tasks of several subsets, in subset then file order; task ids must be unique."""
+def _given_outputs(challenges: Any) -> Any:
+    """Solutions in the form of a solutions file from the challenges' test examples: their
+    "output" where given, else `_NOT_GIVEN`."""
+    if not isinstance(challenges, dict):
+        return challenges
+    return {tid: [ex.get("output", _NOT_GIVEN) if isinstance(ex, dict) else None
+                  for ex in task["test"]]
+            for tid, task in challenges.items()
+            if isinstance(task, dict) and isinstance(task.get("test"), list)}
+
+
+def read_arc(arc_dir: Path, subsets: list[str] | tuple[str, ...],
+             test_subset: str | None = None) -> list[ArcTask]:
+    """Tasks of several subsets, in subset then file order; task ids must be unique. Only
+    `test_subset` may lack a solutions file (see `read_subset`)."""
     if not subsets:
         raise DataError("no ARC subsets given")
     repeated = sorted({s for s in subsets if list(subsets).count(s) > 1})
@@ -132,7 +157,7 @@ def read_arc(arc_dir: Path, subsets: list[str] | tuple[str, ...]) -> list[ArcTas
     tasks: list[ArcTask] = []
     owner: dict[str, str] = {}
     for subset in subsets:
-        for task in read_subset(arc_dir, subset):
+        for task in read_subset(arc_dir, subset, solutions_optional=subset == test_subset):
             if task.id in owner:
                 raise DataError(f"task {task.id} appears in both subsets {owner[task.id]!r} "
                                 f"and {subset!r}")

@@ -153,8 +153,10 @@ class ArcPuzzles:
     def _encode(self, rows: np.ndarray, t: np.ndarray, perm: np.ndarray, r0: np.ndarray,
                 c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g, s = self.a.grids[rows], self.a.shapes[rows]
+        labels = _labels(augment.encode_batch(g[:, 1], s[:, 1], t, perm, r0, c0))
+        known = s[:, 1, 0] > 0                       # an unknown output is 0 x 0: no label
         return (augment.encode_batch(g[:, 0], s[:, 0], t, perm, r0, c0),
-                _labels(augment.encode_batch(g[:, 1], s[:, 1], t, perm, r0, c0)))
+                np.where(known[:, None], labels, IGNORE_LABEL_ID))
 
     def train_batch(self, num_aug: int, seed: int, epoch: Int[np.ndarray, " n"],
                     group: Int[np.ndarray, " n"], member: Int[np.ndarray, " n"]) -> Batch:

@@ -152,7 +152,9 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
               num_aug: int = ARC_NUM_AUG, seed: int = 0, progress: bool = True,
               strict: bool = False) -> dict[str, Any]:
     """ARC JSON subsets -> DIR: base grids, example table and augmentation pool; `strict`
-    refuses test pairs that also appear (exactly) among the training rows."""
+    refuses test pairs that also appear (exactly) among the training rows. The test subset
+    may lack a solutions file: its outputs are then unknown (shape 0 x 0; counted in
+    build["unknown_test_outputs"]), never trained on, and evaluation only predicts them."""
     check_output_dir(out)  # before the work
     t0 = time.perf_counter()
     subsets = list(subsets)
@@ -163,7 +165,7 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
         raise DataError(f"test subset {test_subset!r} is not among --subsets {subsets}")
     if num_aug < 0:
         raise DataError(f"num_aug must be >= 0, got {num_aug}")
-    tasks = arc.read_arc(Path(arc_dir), subsets)
+    tasks = arc.read_arc(Path(arc_dir), subsets, test_subset)
     pool = arc.build_pool(tasks, num_aug, seed, progress=progress)
     arrays = arc_arrays(tasks, test_subset, pool)
     keys = equivalence.arc_pair_keys(arrays.grids, arrays.shapes)
@@ -178,7 +180,8 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     splits = {"train": _arc_split_stats(arrays, 0), "test": _arc_split_stats(arrays, 1)}
     build = dict(arc_dir=str(arc_dir), subsets=subsets, test_subset=test_subset, seed=seed,
                  tasks=len(tasks), tasks_with_fewer_copies=int((pool.count < num_aug + 1).sum()),
-                 min_copies=int(pool.count.min()))
+                 min_copies=int(pool.count.min()),
+                 unknown_test_outputs=int((arrays.shapes[:, 1, 0] == 0).sum()))
     with atomic_dir(out) as tmp:
         write_arc(tmp, arrays, [(t.id, t.subset) for t in tasks])
         build["seconds"] = round(time.perf_counter() - t0, 3)

@@ -37,9 +37,8 @@ def wrong(n: int) -> np.ndarray:
     return np.full((1, n + 2), 8)
 
 
-@pytest.fixture
-def voter() -> ArcVoter:
-    v = ArcVoter(PAIRS)
+def filled(v: ArcVoter) -> ArcVoter:
+    """The predictions below for PAIRS' tasks, added to `v`."""
     for q in (0.0, 0.0, 0.0):
         v.add("a", 0, S_A0, q)                 # duplicates: 3 votes for the solution
     for q in (5.0, 5.0):
@@ -60,6 +59,11 @@ def voter() -> ArcVoter:
     return v
 
 
+@pytest.fixture
+def voter() -> ArcVoter:
+    return filled(ArcVoter(PAIRS))
+
+
 def test_pass_at_k_with_ties_duplicates_and_missing(voter):
     assert [voter.solved_rank(t, i) for t, i in
             (("a", 0), ("a", 1), ("b", 0), ("c", 0), ("d", 0))] == [0, 1, 6, None, 1]
@@ -71,6 +75,20 @@ def test_pass_at_k_with_ties_duplicates_and_missing(voter):
     summary = voter.summary()
     assert (summary["tasks"], summary["test_inputs"],
             summary["test_inputs_without_predictions"]) == (4, 5, 1)
+
+
+def test_tasks_with_unknown_outputs_are_left_out_of_pass_at_k(voter):
+    """A task whose test output is unknown (0 x 0, a test subset built without solutions) is
+    not scored, though predicted; with no scored task, pass@K is absent."""
+    unknown = np.zeros((0, 0), np.int64)
+    v = filled(ArcVoter({**PAIRS, "e": [(grid("6"), unknown)]}))
+    v.add("e", 0, grid("6"), 0.0)
+    assert v.pass_at_k() == voter.pass_at_k()
+    assert v.summary()["tasks_without_solutions"] == 1 and v.submission()["e"][0]["attempt_1"] \
+        == [[6]]
+    alone = ArcVoter({"e": [(grid("6"), unknown)]})
+    alone.add("e", 0, grid("6"), 0.0)
+    assert "pass@2" not in alone.summary() and alone.summary()["tasks_without_solutions"] == 1
 
 
 def test_submission_follows_the_kaggle_schema(voter, tmp_path):
@@ -177,3 +195,29 @@ def test_arc_evaluator_in_the_training_loop(arc_dir, tmp_path):
                      make_mesh())
     assert "pass@1" not in plain["test"]
     assert jax.device_count() == 8  # the evaluation ran data-parallel on the 8-device mesh
+
+
+def test_a_test_split_without_solutions_is_predicted_not_scored(tmp_path):
+    """Built from a test subset without solutions (ARC Prize's hidden set): every copy is
+    predicted and voted into a full submission; nothing is scored and the summary says so."""
+    from test_data_fixtures import arc_task, write_arc
+
+    from data.build import build_arc
+    from trm.eval_run import summary_lines
+
+    rng = np.random.default_rng(0)
+    raw = write_arc(tmp_path / "raw", {"training": {"tr": arc_task(rng, 2, 1)},
+                                       "test": {"te0": arc_task(rng, 2, 2),
+                                                "te1": arc_task(rng, 2, 1)}})
+    (raw / "arc-agi_test_solutions.json").unlink()
+    build_arc(raw, ["training", "test"], "test", tmp_path / "arc", num_aug=2, progress=False)
+    arc_dir = tmp_path / "arc"
+    result = evaluate_split(arc_model(arc_dir), arc_dir, "test", make_mesh(), batch_size=8)
+    assert result.metrics["count"] == 0 and result.puzzles == load_metadata(
+        arc_dir, "test").examples_per_epoch
+    assert not any(k.startswith("pass@") for k in result.arc)
+    assert result.arc["tasks_without_solutions"] == 2 and result.arc[
+        "test_inputs_without_predictions"] == 0
+    validate_submission(result.submission, {"te0": 2, "te1": 1})
+    (line,) = summary_lines({"test": result})
+    assert line.startswith("test: no known test outputs to score (")

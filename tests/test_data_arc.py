@@ -199,3 +199,40 @@ def test_leak_report_finds_a_test_pair_among_training_rows(tmp_path):
         build.build_arc(raw, ["training", "evaluation"], "evaluation", tmp_path / "c",
                         num_aug=1, progress=False, strict=True)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_test_subset_without_solutions_builds_with_unknown_outputs(tmp_path):
+    """ARC Prize's arc-agi_test_challenges.json has no solutions file: its test outputs are
+    unknown (0 x 0), never trained on, and every evaluation label is ignored; a training
+    subset without one is refused. The train split is the one built with the solutions."""
+    from data.pipeline import eval_batches, train_dataset
+
+    rng = np.random.default_rng(3)
+    subsets = {"training": {f"tr{i}": arc_task(rng, 2, 1) for i in range(3)},
+               "test": {"te0": arc_task(rng, 2, 2), "te1": arc_task(rng, 3, 1)}}
+    write_arc(tmp_path / "known", subsets)
+    write_arc(tmp_path / "kaggle", subsets)
+    (tmp_path / "kaggle" / "arc-agi_test_solutions.json").unlink()
+    for name in ("known", "kaggle"):
+        build.build_arc(tmp_path / name, ["training", "test"], "test", tmp_path / f"{name}_out",
+                        num_aug=0, progress=False)
+    known, kaggle = (read_arc(tmp_path / f"{n}_out")[0] for n in ("known", "kaggle"))
+    test = kaggle.split == 1
+    assert (kaggle.shapes[test, 1] == 0).all() and (kaggle.shapes[~test, 1] > 0).all()
+    assert (kaggle.shapes[:, 0] == known.shapes[:, 0]).all()
+    doc = json.loads((tmp_path / "kaggle_out" / "metadata.json").read_text())
+    assert doc["build"]["unknown_test_outputs"] == 3
+    for a, b in zip(*(train_dataset(tmp_path / f"{n}_out", global_batch_size=4, seed=0)
+                      for n in ("known", "kaggle"))):
+        assert all((a[k] == b[k]).all() for k in a)
+        break
+    (batch,) = eval_batches(tmp_path / "kaggle_out", global_batch_size=3)
+    (truth,) = eval_batches(tmp_path / "known_out", global_batch_size=3)
+    assert (batch["labels"] == -100).all() and (truth["labels"] != -100).any()
+    assert (batch["inputs"] == truth["inputs"]).all()
+    with pytest.raises(DataError, match="test_solutions.json: solutions file not found \\(needed "
+                                        "for subset 'test', which trains; only the test "
+                                        "subset may come without one\\)"):
+        build.build_arc(tmp_path / "kaggle", ["training", "test"], "training",
+                        tmp_path / "refused", num_aug=0, progress=False)
+    assert not (tmp_path / "refused").exists()

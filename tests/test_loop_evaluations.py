@@ -106,6 +106,9 @@ def test_the_eval_line_of_an_arc_run_shows_pass_at_1_and_2():
     assert eval_line(12, 24, 1.0, "test", metrics, 75.0) == (
         "eval step 12/24 epoch 1.0 test: exact 0.2500 token 0.5000 halting 2.00 steps "
         "(exact 0.1250) pass@1 0.3750 pass@2 0.4375 [1:15]")
+    unscored = {**metrics, "count": 0.0}  # ARC's hidden test set: outputs unknown
+    assert eval_line(12, 24, 1.0, "test", unscored, 75.0) == (
+        "eval step 12/24 epoch 1.0 test: no known outputs to score, predictions only [1:15]")
 
 
 def test_an_evaluation_does_not_count_in_the_bars_step_rate():

@@ -11,7 +11,9 @@ order in which the candidates first appeared (the official sort is stable).
 
 A test input is solved at K when one of its top-K candidates equals its solution; a task
 scores the fraction of its test inputs solved, and pass@K is the mean over the split's tasks.
-A test input without any prediction counts as unsolved.
+A test input without any prediction counts as unsolved. A task with an unknown test output
+(a test subset built without solutions) is left out of pass@K, which is absent when no task
+is scored; its predictions still go into the submission.
 
 Submission: `{task id: [{"attempt_1": grid, "attempt_2": grid}, ... one per test input]}`,
 grids as lists of lists of ints 0..9. The top candidates fill the attempts, the first one
@@ -113,22 +115,29 @@ class ArcVoter:
                 return rank
         return None
 
+    def scored_tasks(self) -> list[str]:
+        """Tasks whose every test output is known (an unknown one is a 0 x 0 grid)."""
+        return [t for t, pairs in self.pairs.items() if all(o.size for _, o in pairs)]
+
     def pass_at_k(self, ks: Sequence[int] = PASS_KS) -> dict[str, float]:
-        """{"pass@K": mean over tasks of the fraction of test inputs solved within top K}."""
+        """{"pass@K": mean over the scored tasks of the fraction of test inputs solved within
+        top K}; {} when no task has known outputs."""
         totals = np.zeros(len(ks))
-        for task, pairs in self.pairs.items():
-            ranks = [self.solved_rank(task, i) for i in range(len(pairs))]
+        scored = self.scored_tasks()
+        for task in scored:
+            ranks = [self.solved_rank(task, i) for i in range(len(self.pairs[task]))]
             solved = [sum(r is not None and r < k for r in ranks) for k in ks]
-            totals += np.asarray(solved, np.float64) / len(pairs)
-        n = max(len(self.pairs), 1)
-        return {f"pass@{k}": float(t / n) for k, t in zip(ks, totals)}
+            totals += np.asarray(solved, np.float64) / len(ranks)
+        return {f"pass@{k}": float(t / len(scored)) for k, t in zip(ks, totals)} if scored else {}
 
     def summary(self, ks: Sequence[int] = PASS_KS) -> dict[str, float]:
-        """pass@K plus counts: tasks, test inputs, test inputs without predictions."""
+        """pass@K plus counts: tasks, test inputs, test inputs without predictions, tasks
+        left unscored (an unknown test output)."""
         inputs = [(t, i) for t, p in self.pairs.items() for i in range(len(p))]
         missing = sum(not self.ranked(t, i) for t, i in inputs)
         return {**self.pass_at_k(ks), "tasks": float(len(self.pairs)),
-                "test_inputs": float(len(inputs)), "test_inputs_without_predictions": float(missing)}
+                "test_inputs": float(len(inputs)), "test_inputs_without_predictions": float(missing),
+                "tasks_without_solutions": float(len(self.pairs) - len(self.scored_tasks()))}
 
     def submission(self, attempts: int = ATTEMPTS) -> Submission:
         """Kaggle format: per task, one {"attempt_1": grid, ...} per test input, in order."""

@@ -278,6 +278,11 @@ def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
     lines = []
     for split, r in results.items():
         m, s = r.metrics, r.per_step
+        if r.arc is not None and not m["count"]:
+            lines.append(f"{split}: no known test outputs to score ({r.puzzles} predictions, "
+                         f"{r.puzzles / max(r.seconds, 1e-9):.1f} puzzles/s); the "
+                         "submission holds the voted answers")
+            continue
         lines.append(f"{split}: exact {m.get('exact_accuracy', 0):.4f}  token "
                      f"{m.get('accuracy', 0):.4f}  q_halt {m.get('q_halt_accuracy', 0):.4f}  "
                      f"steps {m.get('steps', 0):.2f}  (n={int(m['count'])}, "

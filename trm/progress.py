@@ -30,9 +30,12 @@ def eval_line(step: int, last_step: int, epoch: float, split: str,
               metrics: Mapping[str, float], seconds: float) -> str:
     """One evaluation as a terminal line: exact and token accuracy after all supervision steps,
     and the adaptive halting policy (stop at the first q_halt > 0): its mean number of steps
-    and exact accuracy; on ARC, pass@1 and pass@2 (the paper's metric)."""
-    return (f"eval step {step}/{last_step} epoch {epoch:.1f} {split}: "
-            f"exact {metrics.get('exact_accuracy', 0.0):.4f} "
+    and exact accuracy; on ARC, pass@1 and pass@2 (the paper's metric). A split with no
+    known outputs (ARC's hidden test set) has nothing to score."""
+    head = f"eval step {step}/{last_step} epoch {epoch:.1f} {split}: "
+    if metrics.get("count", 1) == 0:
+        return head + f"no known outputs to score, predictions only [{elapsed(seconds)}]"
+    return (head + f"exact {metrics.get('exact_accuracy', 0.0):.4f} "
             f"token {metrics.get('accuracy', 0.0):.4f} "
             f"halting {metrics.get('adaptive_mean_steps', 0.0):.2f} steps "
             f"(exact {metrics.get('adaptive_exact_accuracy', 0.0):.4f}) "
