@@ -79,6 +79,21 @@ def test_cli_reports_invalid_values():
         parse_cli(["sudoku-tiny", "--optim.global-batch-size", "30", "--mesh.data", "8"])
 
 
+@pytest.mark.parametrize(("flags", "metric"), [
+    (["sudoku-extreme"], "test/exact_accuracy"), (["maze-tiny"], "test/exact_accuracy"),
+    (["arc-agi-2"], "test/pass@2"), (["arc-agi-1", "--eval.evaluators"], "test/exact_accuracy"),
+    (["sudoku-tiny", "--eval.eval-sets", "train"], "train/exact_accuracy"),
+    (["sudoku-tiny", "--eval.eval-sets"], None),
+    (["sudoku-tiny", "--checkpoint.keep-best-metric", "None"], None),
+    (["sudoku-tiny", "--checkpoint.keep-best-metric", "test/lm_loss", "--checkpoint.best-mode",
+      "min"], "test/lm_loss")])
+def test_presets_keep_the_best_step_by_the_metric_of_the_evaluated_sets(flags, metric):
+    """"auto" (the presets) resolves to the paper's metric of what is evaluated, so a change of
+    --eval.eval-sets or --eval.evaluators never leaves it naming a metric that is not there."""
+    cfg = parse_cli(flags)
+    assert cfg.best_metric == metric
+
+
 @pytest.mark.parametrize("flags", [
     ["--model.num-heads", "0"], ["--model.num-heads", "-4"],
     ["--model.num-heads", "3"],  # does not divide hidden 64

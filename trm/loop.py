@@ -246,7 +246,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     shapes = eqx.filter_eval_shape(make_state)
     check_free_space(cfg.checkpoint_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
         shapes) if isinstance(x, jax.ShapeDtypeStruct)),
-        kept=cfg.checkpoint.keep_last + (cfg.checkpoint.keep_best_metric is not None))
+        kept=cfg.checkpoint.keep_last + (cfg.best_metric is not None))
     shardings = state_shardings(shapes, mesh)
     state = jax.jit(make_state, out_shardings=shardings)()
     data_iter = train_iterator(data_dir, global_batch_size=o.global_batch_size,
@@ -256,7 +256,9 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
 
     held.enter_context(run_lock(cfg.checkpoint_dir))  # all checks passed: the run starts
     contents = fingerprint.contents(data_dir)  # read once: saved and checked on resume
-    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint, model_cfg, cfg,
+    checkpointer = Checkpointer(cfg.checkpoint_dir, dataclasses.replace(
+                                    cfg.checkpoint, keep_best_metric=cfg.best_metric),
+                                model_cfg, cfg,
                                 data_fingerprint=fingerprint.read(data_dir),
                                 data_contents=contents)
     if cfg.checkpoint.resume and checkpointer.all_steps():

@@ -21,14 +21,16 @@ from trm.run_config import (
 def _paper(name: str, model: ModelConfig, data_dir: str, *, lr: float, puzzle_lr: float,
            wd: float, epochs: int, eval_interval: int,
            evaluators: tuple[Literal["arc"], ...] = ()) -> RunConfig:
-    """Official defaults (batch 768, warm-up 2000, constant lr, betas 0.9/0.95, EMA 0.999)."""
+    """Official defaults (batch 768, warm-up 2000, constant lr, betas 0.9/0.95, EMA 0.999).
+    Checkpoints: the last 2 and the best by the paper's metric (ARC pass@2, else exact
+    accuracy): the official code keeps every evaluated one, and a long run peaks early."""
     return RunConfig(
         model=model,
         optim=OptimConfig(lr=lr, puzzle_emb_lr=puzzle_lr, weight_decay=wd,
                           puzzle_emb_weight_decay=wd, epochs=epochs, global_batch_size=768,
                           lr_warmup_steps=2000, lr_min_ratio=1.0, ema=True, ema_rate=0.999),
         eval=EvalConfig(eval_interval=eval_interval, evaluators=evaluators),
-        checkpoint=CheckpointConfig(keep_best_metric=None),
+        checkpoint=CheckpointConfig(keep_best_metric="auto"),
         tracking=TrackingConfig(experiment=name),
         data=DataConfig(data_dir=data_dir),
         run_dir=f"runs/{name}",
@@ -77,7 +79,7 @@ def _tiny(name: str, model: ModelConfig, generate: Generated, *, num_train: int,
                           puzzle_emb_weight_decay=0.1, lr_warmup_steps=50, epochs=epochs,
                           global_batch_size=64, ema=True, ema_rate=0.99),
         eval=EvalConfig(eval_interval=eval_interval),
-        checkpoint=CheckpointConfig(keep_last=2),
+        checkpoint=CheckpointConfig(keep_last=2, keep_best_metric="auto"),
         tracking=TrackingConfig(experiment=name),
         data=DataConfig(data_dir=f"datasets/{name}", generate=generate,
                         num_train=num_train, num_test=128, min_clues=min_clues,

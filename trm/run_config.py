@@ -110,7 +110,10 @@ class CheckpointConfig:
     keep_last: int = 2
     """Keep the K most recent checkpoints."""
     keep_best_metric: str | None = None
-    """Also keep the best checkpoint by this metric (e.g. test/exact_accuracy)."""
+    """Also keep the best checkpoint by this metric, <eval set>/<metric> (e.g.
+    test/exact_accuracy); "auto" (the presets): the paper's metric, pass@2 with the ARC
+    evaluator, else exact_accuracy, of the test set (else the first evaluated one); none
+    when no set is evaluated."""
     best_mode: Literal["max", "min"] = "max"
     """Whether a larger or smaller keep_best_metric is better."""
     async_save: bool = True
@@ -294,7 +297,8 @@ class RunConfig:
         require(e.average_last_k <= self.checkpoint.keep_last, self, "eval.average_last_k",
                 f"{e.average_last_k} needs --checkpoint.keep-last >= {e.average_last_k}")
         best = self.checkpoint.keep_best_metric
-        require(best is None or best.partition("/")[0] in e.eval_sets and "/" in best, self,
+        require(best in (None, "auto") or best.partition("/")[0] in e.eval_sets and "/" in best,
+                self,
                 "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
                 f"evaluated set ({', '.join(e.eval_sets)}), e.g. test/exact_accuracy")
         _at_least(self, "max_steps", 1)
@@ -306,6 +310,17 @@ class RunConfig:
             except ConfigError as error:
                 raise ConfigError(f"phase {phase}: its {error.field} {error.detail}",
                                   field="curriculum.phases", owner=type(self)) from None
+
+    @property
+    def best_metric(self) -> str | None:
+        """checkpoint.keep_best_metric with "auto" resolved (see CheckpointConfig)."""
+        e, best = self.eval, self.checkpoint.keep_best_metric
+        if best != "auto":
+            return best
+        if not e.eval_sets:
+            return None
+        split = "test" if "test" in e.eval_sets else e.eval_sets[0]
+        return f"{split}/{'pass@2' if 'arc' in e.evaluators else 'exact_accuracy'}"
 
     @property
     def checkpoint_dir(self) -> str:
