@@ -53,6 +53,7 @@ from trm.run_checkpoints import (
     preemption_reached,
     resume,
     save_before_stopping,
+    warn_setting_changes,
 )
 from trm.run_config import RunConfig
 from trm.schedule import total_steps
@@ -278,6 +279,8 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     if check_resume_point(start, last_step, cfg, total) and not eval_cut_short:
         checkpointer.close()
         return TrainResult(state=state, steps=start, train_metrics=[], eval_metrics={})
+    if start > 0:
+        warn_setting_changes(checkpointer, start)
 
     def compile_phase(phase_cfg: ModelConfig, state: TrainState):
         state = with_model_config(state, phase_cfg)

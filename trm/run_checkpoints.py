@@ -46,9 +46,14 @@ def resume(checkpointer: Checkpointer, state: TrainState, data_iter: Any) -> Tra
 
     step, state = checkpointer.restore_newest_usable(state, data_iter, notice=notice)
     checkpointer.set_aside([s for s in checkpointer.all_steps() if s > step])
+    return state
+
+
+def warn_setting_changes(checkpointer: Checkpointer, step: int) -> None:
+    """One warning line per setting the run goes on with other than checkpoint `step`'s (once
+    the run is known to go on: `check_resume_point`)."""
     warn([f"resuming with a setting other than the checkpoint's: {change} (the run goes on "
           "with the requested value)" for change in checkpointer.setting_changes(step)])
-    return state
 
 
 def check_resume_point(start: int, last_step: int, cfg: RunConfig, total: int) -> bool:
