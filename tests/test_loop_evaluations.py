@@ -55,11 +55,11 @@ def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, c
 
     real, calls = loop.evaluate, []
 
-    def cut_short(model, data, cfg, mesh):  # evaluations at steps 6 and 12
+    def cut_short(model, data, cfg, mesh, **kwargs):  # evaluations at steps 6 and 12
         calls.append(1)
         if len(calls) == stop_at // 6:
             raise Terminated
-        return real(model, data, cfg, mesh)
+        return real(model, data, cfg, mesh, **kwargs)
 
     args = tiny_args(tmp_path / "run", data_dir, "--max-steps", "12")
     monkeypatch.setattr(loop, "evaluate", cut_short)
@@ -72,6 +72,7 @@ def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, c
     out, err = capsys.readouterr()
     assert (f"notice: evaluating step {stop_at} first: it was saved without the evaluation "
             "due at it (the run stopped)") in err
+    assert "eval test:   0%" in err  # the evaluation's own bar (a long one looked hung)
     evals = [line.split(" test:")[0] for line in (out + err).splitlines()
              if line.startswith("eval step")]
     assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]

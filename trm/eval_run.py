@@ -134,11 +134,12 @@ def evaluate_stream(model: ACTModel, batches: Iterable[Mapping[str, np.ndarray]]
 
 
 def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh, *, batch_size: int,
-                   arc: bool | None = None, progress: bool = False,
+                   arc: bool | None = None, progress: bool = False, leave: bool = True,
                    rollout_fn: RolloutFn = rollout) -> SetResult:
     """Evaluate `model` on one split of a built data set. `arc`: vote over augmented copies
-    (None: on ARC data sets). A `batch_size` above the split's rows is cut to the rows, rounded
-    up to a multiple of the devices (the metrics do not depend on it)."""
+    (None: on ARC data sets). `progress`: a bar (`leave`: kept when done). A `batch_size`
+    above the split's rows is cut to the rows, rounded up to a multiple of the devices (the
+    metrics do not depend on it)."""
     from data.pipeline import arc_pairs, eval_batches, eval_rows, load_metadata, task_ids
 
     meta = load_metadata(data_dir, split)
@@ -153,7 +154,7 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
     rows, devices = eval_rows(data_dir, split), mesh.devices.size
     batch_size = min(batch_size, max(1, -(-rows // devices)) * devices)
     with tqdm(total=-(-rows // batch_size), desc=f"eval {split}", unit="batch", dynamic_ncols=True,
-              disable=not progress or jax.process_index() != 0) as bar:
+              disable=not progress or jax.process_index() != 0, leave=leave) as bar:
         return evaluate_stream(model, eval_batches(data_dir, global_batch_size=batch_size,
                                                    split=split),
                                mesh, voter=voter, rollout_fn=rollout_fn, progress=bar)

@@ -143,11 +143,12 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
             for k in ("inputs", "labels", "puzzle_identifiers")}
 
 
-def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh,
-             ) -> dict[str, dict[str, Any]]:
+def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh, *,
+             progress: bool = False) -> dict[str, dict[str, Any]]:
     """Official metrics, per-step curves and, with eval.evaluators=("arc",), ARC pass@K on
     every eval set: set name -> metrics. The ARC submission of the latest evaluation is
-    written to <run_dir>/arc_submission_<set>.json."""
+    written to <run_dir>/arc_submission_<set>.json. `progress`: a bar per set, removed when
+    the set is done."""
     from trm.arc_eval import write_submission
     from trm.eval_run import evaluate_split  # imported here: it imports this module
 
@@ -155,7 +156,7 @@ def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh,
     results = {}
     for split in cfg.eval.eval_sets:
         r = evaluate_split(model, data_dir, split, mesh, batch_size=batch_size,
-                           arc="arc" in cfg.eval.evaluators)
+                           arc="arc" in cfg.eval.evaluators, progress=progress, leave=False)
         if r.submission is not None and jax.process_index() == 0:
             write_submission(as_path(cfg.run_dir) / f"arc_submission_{split}.json",
                              r.submission)
@@ -308,7 +309,7 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
 
     def evaluate_step(step: int, to_save: TrainState) -> dict[str, dict[str, float]]:
         model = averaged_eval_model(to_save, checkpointer, cfg.eval.average_last_k)
-        results = _scalar_evals(evaluate(model, data_dir, cfg, mesh))
+        results = _scalar_evals(evaluate(model, data_dir, cfg, mesh, progress=progress))
         report.evaluation(step, results)
         return results
 
