@@ -134,7 +134,10 @@ def _existing(out: Path, recipe: dict[str, object]) -> Path:
                         f"{found.get('generator', 1)}, now {GENERATOR_VERSION}); give another "
                         "--data.data-dir (or delete it to rebuild)")
     if found != recipe:
-        raise DataError(f"{out} holds a data set built with {found}, not {recipe}; "
+        names = {"kind": "kind", "train_count": "train puzzles", "test_count": "test puzzles"}
+        diff = ", ".join(f"{names.get(k, k.replace('_', ' '))} {found.get(k)} (asked: {v})"
+                         for k, v in recipe.items() if found.get(k) != v)
+        raise DataError(f"{out} holds a data set generated with other settings: {diff}; "
                         "give another --data.data-dir (or delete it to rebuild)")
     return out
 

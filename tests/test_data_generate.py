@@ -141,8 +141,10 @@ def test_ensure_tiny_dataset_builds_once(tmp_path):
     again = generate.ensure_tiny_dataset("maze", tmp_path / "tiny", train_count=12,
                                          test_count=4, size=8)
     assert again == out and (out / "metadata.json").stat().st_mtime_ns == stamp
-    with pytest.raises(DataError, match="delete it to rebuild"):
-        generate.ensure_tiny_dataset("maze", out, train_count=13, test_count=4, size=8)
+    with pytest.raises(DataError, match="holds a data set generated with other settings: "
+                                        "train puzzles 12 \\(asked: 13\\), size 8 \\(asked: "
+                                        "9\\); give .* delete it to rebuild"):
+        generate.ensure_tiny_dataset("maze", out, train_count=13, test_count=4, size=9)
     sudoku = generate.ensure_tiny_dataset("sudoku", tmp_path / "s", train_count=4, test_count=2)
     assert load_metadata(sudoku, "test").total_groups == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "tiny"]
