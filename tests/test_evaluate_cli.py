@@ -91,8 +91,11 @@ def test_cli_evaluates_ema_or_raw_weights_of_a_checkpoint(checkpoint, sudoku_dir
     assert list(steps) == [1, 2, 3]
 
 
-def test_cli_evaluates_official_weights(sudoku_dir, tmp_path):
-    fixture = FIXTURES / "trm_official_attn_rope.npz"
+@pytest.mark.parametrize("name", ["trm_official_attn_rope.npz", "step_6"])
+def test_cli_evaluates_official_weights(sudoku_dir, tmp_path, name):
+    """An .npz is read as one by its contents, also under an official checkpoint's name."""
+    fixture = tmp_path / name
+    shutil.copy(FIXTURES / "trm_official_attn_rope.npz", fixture)
     out = tmp_path / "official.json"
     assert evaluate_cli.main(["--official-weights", str(fixture), "--data-dir",
                               str(sudoku_dir), "--batch-size", "8", "--no-progress",

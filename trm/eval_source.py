@@ -32,6 +32,7 @@ from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import (
     config_from_official,
     from_official_state_dict,
+    is_npz,
     load_state_dict_file,
     sizes_from_state_dict,
 )
@@ -176,7 +177,7 @@ def _read_config_document(p: Path) -> Any:
         return ValueError(f"{p}: not a readable config ({type(e).__name__}: "
                           f"{textwrap.shorten(str(e), 160)})")
 
-    if p.suffix == ".npz":
+    if is_npz(p):
         try:
             with np.load(p) as f:
                 if "config_json" not in f.files:
@@ -208,7 +209,7 @@ def import_official(weights: str | Path, config: str | Path | None,
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file")
     if config is None:
-        if weights.suffix != ".npz":
+        if not is_npz(weights):
             raise ValueError("--official-config is needed unless the weights are an .npz "
                              "holding config_json")
         config = weights

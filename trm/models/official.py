@@ -234,16 +234,29 @@ def _check_shape(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None
                              f"the config needs {tuple(want)}")
 
 
+def is_npz(path: str | os.PathLike) -> bool:
+    """Whether `path` is a numpy .npz archive, whatever its name (a zip of .npy members;
+    a torch checkpoint is a zip of a pickle and its storages)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return os.fspath(path).endswith(".npz")
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a state dict from `.npz` (keys optionally prefixed `param/`) or a torch `.pt`."""
+    """Read a state dict from an .npz (keys optionally prefixed `param/`; recognised by its
+    contents, e.g. one named step_N) or a torch checkpoint (step_N, .pt; needs torch)."""
     path = os.fspath(path)
-    if not path.endswith(".npz"):
+    npz = is_npz(path)
+    if not npz:
         try:
             import torch
         except ImportError as e:
             raise StateDictError(f"{path}: reading PyTorch checkpoints needs torch installed") from e
     try:
-        if path.endswith(".npz"):
+        if npz:
             with np.load(path) as f:
                 return {k.removeprefix("param/"): f[k] for k in f.files
                         if k.startswith(("param/", "inner.", "_orig_mod.", "model."))}
