@@ -167,7 +167,8 @@ def test_a_second_run_on_a_checkpoint_directory_in_use_stops_at_once(tmp_path, d
     checkpoints = tmp_path / "run" / "checkpoints"
     with preflight.run_lock(str(checkpoints)):  # the other run
         assert train_cli.main(tiny_args(tmp_path / "run", data_dir, "--max-steps", "1")) == 1
+        assert [p.name for p in checkpoints.iterdir()] == [".lock"]  # the holder's, kept
     err = messages(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: ")
     assert f"is in use by another run (pid {os.getpid()} on " in err[0]
-    assert [p.name for p in checkpoints.iterdir()] == [".lock"]  # nothing saved
+    assert not (tmp_path / "run").exists()  # the other run saved nothing: it left nothing

@@ -20,13 +20,13 @@ from trm.config import ConfigError, flag_error
 T = TypeVar("T")
 
 
-def warn(lines: list[str]) -> None:
-    """Print each line as `warning: ...` on stderr (once: on the first process)."""
+def warn(lines: list[str], kind: str = "warning") -> None:
+    """Print each line as `<kind>: ...` on stderr (once: on the first process)."""
     import jax  # imported here: keeps this module light for --help
 
     if jax.process_index() == 0:
         for line in lines:
-            print(f"warning: {line}", file=sys.stderr)
+            print(f"{kind}: {line}", file=sys.stderr)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

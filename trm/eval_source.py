@@ -34,7 +34,9 @@ from trm.models.official import (
     from_official_state_dict,
     is_npz,
     load_state_dict_file,
+    resize_puzzle_table,
     sizes_from_state_dict,
+    to_official_state_dict,
 )
 from trm.optim import build_optimizer, build_schedules
 from trm.run_config import CheckpointConfig, RunConfig
@@ -226,6 +228,35 @@ def import_official(weights: str | Path, config: str | Path | None,
         raise ValueError(f"{weights}: the weights hold non-finite numbers (NaN/Inf)")
     return LoadedModel(model, {"official_weights": str(weights), "official_config": str(config),
                                "weights": "official"})
+
+
+def initial_model(path: str | Path, config: ModelConfig) -> tuple[ACTModel, list[str]]:
+    """(model of `config` holding the weights at `path`, notice lines), to start a run from
+    (--load-checkpoint, as official pretrain.py's load_checkpoint). `path`: a train.py
+    checkpoint directory (its evaluation weights: EMA when the run kept one; the newest usable
+    step, or the step of a step's own directory) or an official state dict (.npz, step_N,
+    .pt). Every parameter must have this config's shape but the puzzle embedding table,
+    which `resize_puzzle_table` fits to the data set. Raises ValueError / FileNotFoundError
+    (StateDictError names a parameter) on anything else."""
+    p = as_path(path)
+    notes = []
+    if p.is_dir():
+        step = int(p.name) if p.name.isdigit() and not (p / "checkpoints").is_dir() else None
+        loaded = restore_checkpoint(str(p.parent if step is not None else p), step)
+        notes.append(f"starting from {loaded.info['checkpoint_dir']} step "
+                     f"{loaded.info['step']} ({loaded.info['weights']} weights)")
+        state_dict = to_official_state_dict(loaded.model)
+    elif p.is_file():
+        state_dict = load_state_dict_file(p)
+        notes.append(f"starting from the official weights {p}")
+    else:
+        raise FileNotFoundError(f"--load-checkpoint {path}: no such checkpoint directory or "
+                                "weights file")
+    state_dict, resized = resize_puzzle_table(state_dict, config.num_puzzle_identifiers)
+    model = from_official_state_dict(state_dict, config)
+    if not bool(all_finite(eqx.filter(model, eqx.is_array))):
+        raise ValueError(f"--load-checkpoint {path}: the weights hold non-finite numbers")
+    return model, notes + ([resized] if resized else [])
 
 
 def load_model(source: ModelSource, *, data_metadata: Any | None = None,

@@ -33,6 +33,7 @@ from trm.checkpoint import Checkpointer
 from trm.cli import RunStopped, Terminated, sigterm_deferred, warn
 from trm.config import DATA_SET_FIELDS, ModelConfig, flag_name
 from trm.curriculum import linear_anneal, phase_config, phase_index
+from trm.eval_source import initial_model
 from trm.models import ACTModel, build_model, replace_config
 from trm.optim import build_optimizer, build_schedules
 from trm.preflight import (
@@ -240,9 +241,11 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                    else linear_anneal(h.exploration_start, h.exploration_end, total))
     key = jax.random.key(cfg.seed)
 
-    def make_state() -> TrainState:
-        return init_train_state(build_model(model_cfg, key=jax.random.fold_in(key, 0)), optimizer,
-                                o.global_batch_size, jax.random.fold_in(key, 1), ema=o.ema)
+    def make_state(initial: ACTModel | None = None) -> TrainState:
+        model = build_model(model_cfg, key=jax.random.fold_in(key, 0)) if initial is None \
+            else initial
+        return init_train_state(model, optimizer, o.global_batch_size,
+                                jax.random.fold_in(key, 1), ema=o.ema)
 
     # built under jit straight into its global shardings (works across hosts)
     shapes = eqx.filter_eval_shape(make_state)
@@ -272,6 +275,10 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
                          f"{', '.join(map(str, checkpointer.all_steps()))}) and "
                          "--checkpoint.no-resume asks for a fresh run: remove them, or give "
                          "another --run-dir")
+    elif cfg.load_checkpoint is not None:  # a new run from other weights
+        initial, notes = initial_model(cfg.load_checkpoint, model_cfg)
+        warn(notes, kind="notice")
+        state = jax.jit(make_state, out_shardings=shardings)(jax.tree.map(np.asarray, initial))
     start = int(state.step)
     # a stop during the evaluation of the step resumed from (saved without its results)
     eval_cut_short = (0 < start <= last_step and bool(cfg.eval.eval_sets)

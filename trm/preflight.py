@@ -198,8 +198,10 @@ def run_lock(directory: str) -> Iterator[None]:
     if is_url(directory) or jax.process_index() != 0:
         yield
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / ".lock", "a+") as f:
+    path = Path(directory).absolute()
+    created = [d for d in (path, *path.parents) if not d.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -213,7 +215,12 @@ def run_lock(directory: str) -> Iterator[None]:
         f.flush()
         try:
             yield
-        finally:
+        finally:  # a run that saved nothing leaves nothing: the lock, the folders made for it
+            if [p.name for p in path.iterdir()] == [".lock"]:
+                (path / ".lock").unlink()
+                for d in created:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -279,6 +279,12 @@ class RunConfig:
     halting: HaltingConfig = dataclasses.field(default_factory=HaltingConfig)
     seed: int = 0
     """Seed of parameter initialisation and training randomness."""
+    load_checkpoint: str | None = None
+    """Start a new run from these weights (official pretrain.py's load_checkpoint): a train.py
+    checkpoint directory (its EMA weights when it has them; the newest usable step, or a
+    step's own directory) or official weights (.npz, step_N, .pt). A puzzle embedding table
+    of another size starts from the mean of its rows (as official); optimiser, EMA and step
+    start fresh. Not used when the run resumes from its own checkpoints."""
     run_dir: str = "runs/trm"
     """Directory of this run's outputs (checkpoints, predictions)."""
     max_steps: int | None = None

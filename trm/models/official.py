@@ -48,12 +48,15 @@ def arch_from_official_name(name: str) -> str:
     return ARCH_ALIASES.get(module, module)
 
 
+PUZZLE_TABLE = "inner.puzzle_emb.weights"
+
+
 def sizes_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, int]:
     """vocab_size (the token embedding's rows) and num_puzzle_identifiers (the puzzle
     embedding's rows, when the weights have one) as an official state dict holds them."""
     sd = {strip_prefix(k): v for k, v in state_dict.items()}
     rows = {"vocab_size": "inner.embed_tokens.embedding_weight",
-            "num_puzzle_identifiers": "inner.puzzle_emb.weights"}
+            "num_puzzle_identifiers": PUZZLE_TABLE}
     return {field: int(np.shape(sd[name])[0]) for field, name in rows.items()
             if name in sd and np.ndim(sd[name]) == 2}
 
@@ -146,7 +149,7 @@ def _entries(config: ModelConfig) -> list[Entry]:
     elif config.arch != "transformers_baseline":
         entries.append((lambda m: m.L_init, "inner.L_init"))
     if config.puzzle_dim > 0:
-        entries.append((lambda m: m.puzzle_emb, "inner.puzzle_emb.weights"))
+        entries.append((lambda m: m.puzzle_emb, PUZZLE_TABLE))
     if config.pos_encodings == "learned":
         entries.append((lambda m: m.embed_pos.weight, "inner.embed_pos.embedding_weight"))
     mixer = "mlp_t" if config.mlp_t else "self_attn"
@@ -226,6 +229,23 @@ def from_official_state_dict(state_dict: Mapping[str, Any], config: ModelConfig)
 
     model = build_model(config, key=jax.random.key(0))
     return eqx.tree_at(lambda m: [g(m) for g in getters], model, values)
+
+
+def resize_puzzle_table(state_dict: Mapping[str, Any], rows: int
+                        ) -> tuple[dict[str, Any], str | None]:
+    """(state dict, notice): a puzzle embedding table of other than `rows` rows replaced by
+    the mean of its rows, repeated `rows` times, as the official `load_checkpoint` does
+    (pretrain.py: a model trained on other puzzles, e.g. new ARC tasks); notice None when
+    nothing changed. Keys may carry the official prefixes."""
+    sd = dict(state_dict)
+    for key, value in state_dict.items():
+        if strip_prefix(key) == PUZZLE_TABLE and np.shape(value)[0] != rows:
+            table = np.asarray(value, np.float32)
+            sd[key] = np.broadcast_to(table.mean(0, keepdims=True), (rows, *table.shape[1:]))
+            return sd, (f"the puzzle embedding table has {table.shape[0]} rows, this data set "
+                        f"{rows} puzzle identifiers: every row starts from the mean of the "
+                        "loaded ones (as official)")
+    return sd, None
 
 
 def _check_shape(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
