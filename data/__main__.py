@@ -16,7 +16,7 @@ import numpy as np
 
 from data import build, generate
 from data.arc import SUBSETS
-from data.common import DataError
+from data.common import MAZE_SIZES, DataError
 from data.maze_gen import default_min_path_length
 from trm.cli import (
     argument_parser,
@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--out", type=Path, required=True, help="data set directory")
         q.add_argument("--seed", type=non_negative_int, default=0,
                        help="subsample / augmentation-pool seed")
-        q.add_argument("--num-aug", type=int, default=aug,
+        q.add_argument("--num-aug", type=int_at_least(0, 7) if q is m else non_negative_int,
+                       default=aug,
                        help=f"default augmented copies per puzzle (default {aug})")
         q.add_argument("--strict", action="store_true",
                        help="refuse to build when a test puzzle equals a training puzzle "
@@ -63,12 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     gk = g.add_subparsers(dest="kind", required=True)
     gs = gk.add_parser("sudoku", help="unique-solution Sudokus (rating = solver guesses)")
     gs.add_argument("--min-rating", type=int, default=0, help="keep puzzles with rating >= R")
-    gs.add_argument("--min-clues", type=non_negative_int, default=0,
+    gs.add_argument("--min-clues", type=int_at_least(0, 81), default=0,
                     help="give solution cells back until each puzzle has >= N clues (easier; "
                          "default 0: minimal puzzles, ~22-26 clues)")
     gs.add_argument("--workers", type=positive_int, help="processes (default: all cores)")
     gm = gk.add_parser("maze", help="mazes with a unique shortest path (rating = its length)")
-    gm.add_argument("--size", type=int_at_least(2), default=30, help="side N of the N x N grid")
+    gm.add_argument("--size", type=int_at_least(*MAZE_SIZES), default=30,
+                    help="side N of the N x N grid")
     gm.add_argument("--min-path-length", type=positive_int,
                     help=f"minimum shortest path in moves (default {default_min_path_length(30)} "
                          "at 30x30, scaled by area)")

@@ -22,6 +22,7 @@ BLANK_IDENTIFIER_ID = 0
 
 SUDOKU_VOCAB, SUDOKU_SEQ = 11, 81        # PAD, blank, digits 1..9 -> 0, 1, 2..10
 MAZE_CHARSET = "# SGo"                  # wall, free, start, goal, path -> 1..5
+MAZE_SIZES = (4, 30)                    # generated mazes: side in cells, Maze-Hard's at most
 MAZE_VOCAB = len(MAZE_CHARSET) + 1
 ARC_VOCAB, ARC_SIZE = 12, 30            # PAD 0, EOS 1, colours 0..9 -> 2..11; 30x30 canvas
 ARC_EOS = 1

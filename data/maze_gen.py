@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Bool, Int, Integer
 from tqdm import tqdm
 
-from data.common import count_rejections
+from data.common import MAZE_SIZES, count_rejections
 
 WALL, FREE, START, GOAL, PATH = 1, 2, 3, 4, 5
 HARD_PATH_LENGTH_30 = 111
@@ -123,8 +123,8 @@ def generate_mazes(count: int, *, size: int = 30, min_path_length: int | None = 
                    ) -> tuple[Int[np.ndarray, "c n n"], Int[np.ndarray, "c n n"],
                               Int[np.ndarray, " c"]]:
     """`count` mazes: question tokens, answer tokens (path marked), shortest-path lengths."""
-    if size < 2:
-        raise ValueError(f"size must be >= 2, got {size}")
+    if not MAZE_SIZES[0] <= size <= MAZE_SIZES[1]:
+        raise ValueError(f"size must be in {MAZE_SIZES[0]}..{MAZE_SIZES[1]}, got {size}")
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     min_len = default_min_path_length(size) if min_path_length is None else min_path_length

@@ -201,7 +201,7 @@ def test_cli_generate(tmp_path, capsys):
     assert main(["generate", "sudoku", "--count", "2", "--workers", "1", "--no-progress",
                  "--out", str(tmp_path / "s2.csv")]) == 0
     assert capsys.readouterr().err == ""
-    assert main(["generate", "maze", "--count", "1", "--size", "3", "--min-path-length", "50",
+    assert main(["generate", "maze", "--count", "1", "--size", "4", "--min-path-length", "50",
                  "--out", str(tmp_path / "bad.csv")]) == 1
     assert capsys.readouterr().err.startswith("error: min_path_length 50 is impossible")
     assert not (tmp_path / "bad.csv").exists()
@@ -210,7 +210,11 @@ def test_cli_generate(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["generate", "sudoku", "--count", "2", "--seed", "-1"], "argument --seed: must be >= 0"),
     (["generate", "maze", "--count", "2", "--seed", "-1"], "argument --seed: must be >= 0"),
-    (["generate", "maze", "--count", "2", "--size", "1"], "argument --size: must be >= 2, got 1"),
+    (["generate", "maze", "--count", "2", "--size", "1"], "argument --size: must be in 4..30, got 1"),
+    (["generate", "maze", "--count", "2", "--size", "200"],
+     "argument --size: must be in 4..30, got 200"),
+    (["generate", "sudoku", "--count", "2", "--min-clues", "90"],
+     "argument --min-clues: must be in 0..81, got 90"),
     (["generate", "maze", "--count", "2", "--min-path-length", "-3"],
      "argument --min-path-length: must be >= 1"),
     (["generate", "sudoku", "--count", "2", "--workers", "0"], "argument --workers: must be >= 1"),
@@ -218,6 +222,10 @@ def test_cli_generate(tmp_path, capsys):
       "--seed", "-5"], "argument --seed: must be >= 0"),
     (["build", "sudoku", "--train-csv", "a", "--test-csv", "b", "--subsample-size", "0"],
      "argument --subsample-size: must be >= 1"),
+    (["build", "sudoku", "--train-csv", "a", "--test-csv", "b", "--num-aug", "-3"],
+     "argument --num-aug: must be >= 0, got -3"),
+    (["build", "maze", "--train-csv", "a", "--test-csv", "b", "--num-aug", "8"],
+     "argument --num-aug: must be in 0..7, got 8"),
 ])
 def test_cli_bad_numbers_name_their_flag(tmp_path, capsys, args, message):
     out = tmp_path / "out"

@@ -68,6 +68,8 @@ def test_paper_recipes():
     (lambda: rc.OptimConfig(ema_rate=1.0), "ema_rate"),
     (lambda: rc.OptimConfig(lr_min_ratio=2.0), "lr_min_ratio"),
     (lambda: rc.MeshConfig(data=0), "data must be -1 or >= 1"),
+    (lambda: rc.OptimConfig(lr=float("inf")), "lr must be a finite number >= 0.0, got inf$"),
+    (lambda: rc.OptimConfig(weight_decay=-1.0), "weight_decay must be >= 0.0, got -1.0$"),
 ])
 def test_validation_errors(make, message):
     with pytest.raises(ConfigError, match=message):

@@ -29,8 +29,9 @@ def warn(lines: list[str], kind: str = "warning") -> None:
             print(f"{kind}: {line}", file=sys.stderr)
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse `type=`: an int >= `minimum` (argparse prints its error, naming the flag)."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """argparse `type=`: an int >= `minimum` (and <= `maximum`; argparse prints its error,
+    naming the flag)."""
     import argparse
 
     def parse(text: str) -> int:
@@ -38,6 +39,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be in {minimum}..{maximum}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from data.common import MAZE_SIZES
 from data.store import SPLITS
 from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, flag_error, flag_name, require
 from trm.curriculum import phase_config, validate_phases
@@ -216,8 +217,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(0 <= self.min_clues <= 81, self, "min_clues",
                 f"must be in 0..81, got {self.min_clues}")
-        require(4 <= self.maze_size <= 30, self, "maze_size",
-                f"must be in 4..30, got {self.maze_size}")
+        low, high = MAZE_SIZES
+        require(low <= self.maze_size <= high, self, "maze_size",
+                f"must be in {low}..{high}, got {self.maze_size}")
         require(self.generate == "none" or "://" not in self.data_dir, self, "data_dir",
                 f"{self.data_dir}: the generated {self.generate} data set is written "
                 f"locally (--data.generate {self.generate}, set by the preset); give a "
@@ -337,8 +339,9 @@ class RunConfig:
 def _at_least(config: object, name: str, low: int | float) -> None:  # noqa: PYI041
     """`config.name` (None allowed: "not set") must be a number >= low (finite if a float)."""
     value = getattr(config, name)
-    require(value is None or (math.isfinite(value) and value >= low), config, name,
-            f"must be >= {low}, got {value}")
+    finite = value is None or math.isfinite(value)
+    require(value is None or (finite and value >= low), config, name,
+            f"must be {'' if finite else 'a finite number '}>= {low}, got {value}")
 
 
 def _in_unit(config: object, name: str, *, upper_open: bool) -> None:
