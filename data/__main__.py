@@ -49,10 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--subsets", nargs="+", required=True, help=f"of {', '.join(SUBSETS)}")
     a.add_argument("--test-subset", required=True,
                    help="subset whose test pairs form the test split")
+    a.add_argument("--official-rng", action="store_true",
+                   help="order and augment the tasks with the official builder's random "
+                        "stream: the puzzle identifiers of the official build of the same "
+                        "files, --subsets, --seed and --num-aug (to evaluate official weights)")
     for q, aug in ((s, build.SUDOKU_NUM_AUG), (m, build.MAZE_NUM_AUG), (a, build.ARC_NUM_AUG)):
         q.add_argument("--out", type=Path, required=True, help="data set directory")
-        q.add_argument("--seed", type=non_negative_int, default=0,
-                       help="subsample / augmentation-pool seed")
+        q.add_argument("--seed", type=non_negative_int, default=None,
+                       help="subsample / augmentation-pool seed (default 0; 42, the official "
+                            "default, with --official-rng)")
         q.add_argument("--num-aug", type=int_at_least(0, 7) if q is m else non_negative_int,
                        default=aug,
                        help=f"default augmented copies per puzzle (default {aug})")
@@ -88,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> str:
     if args.command == "build":
-        common = {"seed": args.seed, "num_aug": args.num_aug, "strict": args.strict}
+        official = getattr(args, "official_rng", False)
+        seed = (42 if official else 0) if args.seed is None else args.seed
+        common = {"seed": seed, "num_aug": args.num_aug, "strict": args.strict}
         if args.kind == "sudoku":
             meta = build.build_sudoku(args.train_csv, args.test_csv, args.out,
                                       subsample_size=args.subsample_size,
@@ -98,7 +105,7 @@ def _run(args: argparse.Namespace) -> str:
                                     subsample_size=args.subsample_size, **common)
         else:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
-                                   progress=args.progress, **common)
+                                   progress=args.progress, official_rng=official, **common)
         lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
         unknown = meta["build"].get("unknown_test_outputs", 0)
         if unknown:

@@ -11,13 +11,15 @@ Pool: augmentation 0 of every task is the original; candidates (dihedral id, per
 colours 1..9) are drawn from a per-task seeded stream and kept only if the augmented task (the
 sorted multiset of its (input, output) pairs, demonstrations and tests) differs from every
 task already kept, as the official builder does, with at most 5 * num_aug candidates
-(symmetric or few-colour tasks may end with fewer copies). Identifiers: 0 is blank, then
-task t's copies k = 0..count[t]-1 are numbered consecutively.
+(symmetric or few-colour tasks may end with fewer copies); `official_order_and_pool` draws
+the candidates, and orders the tasks, from the official builder's own stream instead.
+Identifiers: 0 is blank, then task t's copies k = 0..count[t]-1 are numbered consecutively.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -178,8 +180,11 @@ def _canonical(flat: np.ndarray, spans: list[tuple[int, int, bytes]], n_pairs: i
     return b"|".join(sorted(parts[2 * i] + b"/" + parts[2 * i + 1] for i in range(n_pairs)))
 
 
-def task_pool(task: ArcTask, num_aug: int, seed: int) -> tuple[list[int], list[np.ndarray]]:
-    """Dihedral ids and colour maps [10] of task's distinct augmentations (0 = original)."""
+def _distinct_copies(task: ArcTask, num_aug: int, candidates: Iterable[tuple[int, np.ndarray]]
+                     ) -> tuple[list[int], list[np.ndarray]]:
+    """Dihedral ids and colour maps [10] of task's original and the candidates (dihedral id,
+    colour map) whose augmented task differs from every one kept, up to num_aug + 1 copies;
+    `candidates` is not advanced past the last copy kept."""
     pairs = task.train + task.test
     grids = [g for pair in pairs for g in pair]
     used = np.unique(np.concatenate([g.ravel() for g in grids]))
@@ -195,12 +200,7 @@ def task_pool(task: ArcTask, num_aug: int, seed: int) -> tuple[list[int], list[n
         return trans, colours
     seen = {_canonical(*layouts[0], len(pairs), identity)}
     tried: set[tuple[int, bytes]] = set()
-    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode())])
-    n = RETRIES_FACTOR * num_aug
-    cand_t = rng.integers(0, 8, n)
-    cand_c = np.concatenate([np.zeros((n, 1), np.uint8),
-                             (np.argsort(rng.random((n, 9)), axis=1) + 1).astype(np.uint8)], 1)
-    for t, perm in zip(cand_t.tolist(), cand_c):
+    for t, perm in candidates:
         key = (t, perm[used].tobytes())
         if key in tried:
             continue
@@ -216,18 +216,64 @@ def task_pool(task: ArcTask, num_aug: int, seed: int) -> tuple[list[int], list[n
     return trans, colours
 
 
-def build_pool(tasks: list[ArcTask], num_aug: int, seed: int, progress: bool = True) -> Pool:
-    """The augmentation pool of every task (padded to num_aug + 1 with the identity)."""
+def task_pool(task: ArcTask, num_aug: int, seed: int) -> tuple[list[int], list[np.ndarray]]:
+    """Dihedral ids and colour maps [10] of task's distinct augmentations (0 = original),
+    candidates drawn from a stream seeded by (seed, task id)."""
+    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode())])
+    n = RETRIES_FACTOR * num_aug
+    cand_t = rng.integers(0, 8, n)
+    cand_c = np.concatenate([np.zeros((n, 1), np.uint8),
+                             (np.argsort(rng.random((n, 9)), axis=1) + 1).astype(np.uint8)], 1)
+    return _distinct_copies(task, num_aug, zip(cand_t.tolist(), cand_c))
+
+
+def _stack(copies: list[tuple[list[int], list[np.ndarray]]], num_aug: int) -> Pool:
+    """Pool of the tasks' (dihedral ids, colour maps), padded to num_aug + 1 with the identity."""
     p = num_aug + 1
-    dih = np.zeros((len(tasks), p), np.uint8)
-    col = np.tile(np.arange(10, dtype=np.uint8), (len(tasks), p, 1))
-    count = np.zeros(len(tasks), np.int64)
-    for i, task in enumerate(tqdm(tasks, desc="ARC augmentation pool", disable=not progress)):
-        trans, colours = task_pool(task, num_aug, seed)
+    dih = np.zeros((len(copies), p), np.uint8)
+    col = np.tile(np.arange(10, dtype=np.uint8), (len(copies), p, 1))
+    count = np.zeros(len(copies), np.int64)
+    for i, (trans, colours) in enumerate(copies):
         count[i] = len(trans)
         dih[i, :len(trans)] = trans
         col[i, :len(trans)] = np.stack(colours)
     return Pool(dih, col, count)
+
+
+def build_pool(tasks: list[ArcTask], num_aug: int, seed: int, progress: bool = True) -> Pool:
+    """The augmentation pool of every task (padded to num_aug + 1 with the identity)."""
+    return _stack([task_pool(task, num_aug, seed) for task in
+                   tqdm(tasks, desc="ARC augmentation pool", disable=not progress)], num_aug)
+
+
+def official_order_and_pool(tasks: list[ArcTask], num_aug: int, seed: int,
+                            progress: bool = True) -> tuple[list[ArcTask], Pool]:
+    """Tasks in the official builder's order and its augmentation pool, drawn from its random
+    stream (dataset/build_arc_dataset.py: numpy's legacy generator seeded once; each subset's
+    tasks shuffled, then per task up to 5 * num_aug draws of a dihedral id and a permutation
+    of colours 1..9, duplicates skipped), so that the puzzle identifiers are those of an
+    official build of the same files, subsets, seed and num_aug (official weights' puzzle
+    embeddings index them)."""
+    rng = np.random.RandomState(seed)
+
+    def draws() -> Iterator[tuple[int, np.ndarray]]:
+        for _ in range(RETRIES_FACTOR * num_aug):
+            t = int(rng.randint(0, 8))
+            yield t, np.concatenate([[0], rng.permutation(np.arange(1, 10, dtype=np.uint8))]
+                                    ).astype(np.uint8)
+
+    ordered, copies = [], []
+    bar = tqdm(total=len(tasks), desc="ARC augmentation pool", disable=not progress)
+    for subset in dict.fromkeys(t.subset for t in tasks):
+        group = [t for t in tasks if t.subset == subset]
+        order = list(range(len(group)))
+        rng.shuffle(order)
+        for i in order:
+            ordered.append(group[i])
+            copies.append(_distinct_copies(group[i], num_aug, draws()))
+            bar.update(1)
+    bar.close()
+    return ordered, _stack(copies, num_aug)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,9 +150,11 @@ def _arc_split_stats(arrays: ArcArrays, split: int) -> dict[str, Any]:
 
 def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
               num_aug: int = ARC_NUM_AUG, seed: int = 0, progress: bool = True,
-              strict: bool = False) -> dict[str, Any]:
+              strict: bool = False, official_rng: bool = False) -> dict[str, Any]:
     """ARC JSON subsets -> DIR: base grids, example table and augmentation pool; `strict`
-    refuses test pairs that also appear (exactly) among the training rows. The test subset
+    refuses test pairs that also appear (exactly) among the training rows; `official_rng`
+    orders and pools the tasks as the official builder does (`arc.official_order_and_pool`:
+    its puzzle identifiers). The test subset
     may lack a solutions file: its outputs are then unknown (shape 0 x 0; counted in
     build["unknown_test_outputs"]), never trained on, and evaluation only predicts them."""
     check_output_dir(out)  # before the work
@@ -166,7 +168,10 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     if num_aug < 0:
         raise DataError(f"num_aug must be >= 0, got {num_aug}")
     tasks = arc.read_arc(Path(arc_dir), subsets, test_subset)
-    pool = arc.build_pool(tasks, num_aug, seed, progress=progress)
+    if official_rng:
+        tasks, pool = arc.official_order_and_pool(tasks, num_aug, seed, progress=progress)
+    else:
+        pool = arc.build_pool(tasks, num_aug, seed, progress=progress)
     arrays = arc_arrays(tasks, test_subset, pool)
     keys = equivalence.arc_pair_keys(arrays.grids, arrays.shapes)
     leaks = leak_report(keys[arrays.split == 0], keys[arrays.split == 1],
@@ -179,6 +184,7 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     common.update(leaks=leaks, fingerprint=fingerprint.make(common, identifiers))
     splits = {"train": _arc_split_stats(arrays, 0), "test": _arc_split_stats(arrays, 1)}
     build = dict(arc_dir=str(arc_dir), subsets=subsets, test_subset=test_subset, seed=seed,
+                 official_rng=official_rng,
                  tasks=len(tasks), tasks_with_fewer_copies=int((pool.count < num_aug + 1).sum()),
                  min_copies=int(pool.count.min()),
                  unknown_test_outputs=int((arrays.shapes[:, 1, 0] == 0).sum()))

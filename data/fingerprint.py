@@ -74,17 +74,20 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
     """Compare the fingerprint a model was trained with to data set `data_dir`'s.
 
     Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
-    weights on a locally built ARC set); raises DataError on a mismatch otherwise, naming
+    weights on an ARC set built without the official identifiers); raises DataError on a mismatch otherwise, naming
     `flag` (the option that sets allow_mismatch), and always when the model cannot read the
     data set (vocab_size or seq_len differ, or the data set has more puzzle identifiers).
     `trained` None: a checkpoint written before fingerprints (or official weights).
     """
     data = read(data_dir)
-    kind = read_metadata_json(Path(data_dir)).get("name")
+    doc = read_metadata_json(Path(data_dir))
     if official:
-        line = (f"official weights on the locally built ARC set {data_dir}: its puzzle "
-                "identifiers are not the official ones (task embeddings will not match)")
-        return [line] if kind == "arc" else []
+        line = (f"official weights on the ARC set {data_dir}, built without --official-rng: "
+                "its puzzle identifiers are not the official ones (task embeddings will not "
+                "match; rebuild it with --official-rng and the official build's --seed and "
+                "--num-aug)")
+        official_ids = doc.get("build", {}).get("official_rng", False)
+        return [line] if doc.get("name") == "arc" and not official_ids else []
     if data is None:
         line = (f"{data_dir} has no fingerprint (built before fingerprints; rebuild it with "
                 "`python -m data build`): not checked against the checkpoint")

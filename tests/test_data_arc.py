@@ -236,3 +236,25 @@ def test_a_test_subset_without_solutions_builds_with_unknown_outputs(tmp_path):
         build.build_arc(tmp_path / "kaggle", ["training", "test"], "training",
                         tmp_path / "refused", num_aug=0, progress=False)
     assert not (tmp_path / "refused").exists()
+
+
+def test_official_rng_gives_the_official_builder_s_puzzle_identifiers(tmp_path):
+    """--official-rng: task order and augmentation pool from the official builder's random
+    stream, so every identifier names the (task, dihedral, colour map) the official
+    identifiers.json does (fixture: the official builder on these synthetic tasks)."""
+    from helpers import FIXTURES
+    from test_data_fixtures import three_subset_arc
+
+    raw = three_subset_arc(tmp_path / "raw")
+    build.build_arc(raw, ["training", "evaluation", "concept"], "evaluation", tmp_path / "out",
+                    num_aug=16, seed=42, progress=False, official_rng=True)
+    arrays, tasks = read_arc(tmp_path / "out")
+    names = ["<blank>"]
+    for t, (task_id, _) in enumerate(tasks):
+        names.append(task_id)
+        for k in range(1, arrays.pool_count[t]):
+            colours = "".join(str(c) for c in arrays.pool_colours[t, k])
+            names.append(f"{task_id}|||t{arrays.pool_dihedral[t, k]}|||{colours}")
+    official = json.loads((FIXTURES / "official_arc_identifiers.json").read_text())
+    assert len(names) == len(official) == 342 and names == official
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["build"]["official_rng"]

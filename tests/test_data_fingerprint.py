@@ -154,6 +154,12 @@ def test_old_data_sets_checkpoints_and_official_weights_warn(arc_sets, tmp_path)
     [line] = fingerprint.check(None, arc_sets["A"], allow_mismatch=False)
     assert line.startswith("the checkpoint records no data-set fingerprint")
     [line] = fingerprint.check(None, arc_sets["A"], allow_mismatch=False, official=True)
-    assert "identifiers are not the official ones" in line
+    assert "identifiers are not the official ones" in line and "--official-rng" in line
+    official_ids = tmp_path / "official_ids"
+    official_ids.mkdir()
+    doc = json.loads((arc_sets["A"] / "metadata.json").read_text())
+    doc["build"]["official_rng"] = True
+    (official_ids / "metadata.json").write_text(json.dumps(doc))
+    assert fingerprint.check(None, official_ids, allow_mismatch=False, official=True) == []
     sudoku = built_sudoku(tmp_path, n_train=4, n_test=2)
     assert fingerprint.check(None, sudoku, allow_mismatch=False, official=True) == []

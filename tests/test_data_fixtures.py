@@ -87,6 +87,23 @@ def small_arc(root: Path, seed: int = 0) -> Path:
     return write_arc(root, {"training": training, "evaluation": evaluation})
 
 
+def three_subset_arc(root: Path) -> Path:
+    """21 tasks in 'training' (14, two of them with fewer distinct copies than asked for, so
+    that duplicates are drawn),
+    'evaluation' (4) and 'concept' (3): the input of the official builder's identifier
+    fixture (tests/fixtures/official_arc_identifiers.json)."""
+    rng = np.random.default_rng(7)
+    training = {f"t{i:02d}": arc_task(rng, 2 + i % 3, 1 + i % 2, colours=2 + i if i < 4 else 10)
+                for i in range(12)}
+    training["mono"] = {"train": [{"input": [[5]], "output": [[5, 5]]}],   # 9 distinct copies
+                        "test": [{"input": [[5]], "output": [[5, 5]]}]}
+    training["blank"] = {"train": [{"input": [[0]], "output": [[0]]}],     # 1: 0 never moves
+                         "test": [{"input": [[0]], "output": [[0]]}]}
+    evaluation = {f"e{i}": arc_task(rng, 3, 1 + i % 2, max_side=12) for i in range(4)}
+    concept = {f"c{i}": arc_task(rng, 2, 1, colours=4) for i in range(3)}
+    return write_arc(root, {"training": training, "evaluation": evaluation, "concept": concept})
+
+
 def built_sudoku(root: Path, n_train: int = 48, n_test: int = 20) -> Path:
     tr = write_csv(root / "sudoku_train.csv", sudoku_rows(n_train, 1))
     te = write_csv(root / "sudoku_test.csv", sudoku_rows(n_test, 2, blank="0"))
