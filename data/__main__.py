@@ -107,11 +107,13 @@ def _run(args: argparse.Namespace) -> str:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
                                    progress=args.progress, official_rng=official, **common)
         lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
-        unknown = meta["build"].get("unknown_test_outputs", 0)
+        unknown, pairs = (meta["build"].get(k, 0) for k in ("unknown_test_outputs", "test_pairs"))
         if unknown:
+            scored = ("nothing" if unknown == pairs else "only the known ones (pass@K: the "
+                      "tasks whose every test output is known)")
             lines.append(f"notice: {args.arc_dir}/arc-agi_{args.test_subset}_solutions.json "
-                         f"not found: the {unknown} test outputs are unknown; evaluation writes "
-                         "the submission and scores nothing")
+                         f"not found: {unknown} of the {pairs} test outputs are unknown; "
+                         f"evaluation predicts them into the submission and scores {scored}")
         rows = meta["splits"]["train"]["total_groups"]
         if args.kind != "arc" and args.subsample_size and rows < args.subsample_size:
             filtered = " after --min-rating" if getattr(args, "min_rating", None) else ""

@@ -84,11 +84,10 @@ def test_tasks_with_unknown_outputs_are_left_out_of_pass_at_k(voter):
     v = filled(ArcVoter({**PAIRS, "e": [(grid("6"), unknown)]}))
     v.add("e", 0, grid("6"), 0.0)
     assert v.pass_at_k() == voter.pass_at_k()
-    assert v.summary()["tasks_without_solutions"] == 1 and v.submission()["e"][0]["attempt_1"] \
-        == [[6]]
+    assert v.summary()["tasks_unscored"] == 1 and v.submission()["e"][0]["attempt_1"] == [[6]]
     alone = ArcVoter({"e": [(grid("6"), unknown)]})
     alone.add("e", 0, grid("6"), 0.0)
-    assert "pass@2" not in alone.summary() and alone.summary()["tasks_without_solutions"] == 1
+    assert "pass@2" not in alone.summary() and alone.summary()["tasks_unscored"] == 1
 
 
 def test_submission_follows_the_kaggle_schema(voter, tmp_path):
@@ -197,27 +196,49 @@ def test_arc_evaluator_in_the_training_loop(arc_dir, tmp_path):
     assert jax.device_count() == 8  # the evaluation ran data-parallel on the 8-device mesh
 
 
-def test_a_test_split_without_solutions_is_predicted_not_scored(tmp_path):
+@pytest.mark.parametrize("given", [(), ("te0",)])
+def test_a_test_split_without_solutions_is_predicted_not_scored(tmp_path, given):
     """Built from a test subset without solutions (ARC Prize's hidden set): every copy is
-    predicted and voted into a full submission; nothing is scored and the summary says so."""
+    predicted and voted into a full submission; nothing is measured (the results hold only
+    count 0, no curves, no pass@K) and the summary says so. When the challenges file gives
+    some test outputs (`given` tasks), those alone are scored, and pass@K says over which
+    tasks."""
+    import json
+
     from test_data_fixtures import arc_task, write_arc
 
     from data.build import build_arc
     from trm.eval_run import summary_lines
+    from trm.render import plot_per_step
 
     rng = np.random.default_rng(0)
     raw = write_arc(tmp_path / "raw", {"training": {"tr": arc_task(rng, 2, 1)},
                                        "test": {"te0": arc_task(rng, 2, 2),
                                                 "te1": arc_task(rng, 2, 1)}})
+    solutions = json.loads((raw / "arc-agi_test_solutions.json").read_text())
+    challenges = json.loads((raw / "arc-agi_test_challenges.json").read_text())
+    for task in given:
+        for example, output in zip(challenges[task]["test"], solutions[task]):
+            example["output"] = output
+    (raw / "arc-agi_test_challenges.json").write_text(json.dumps(challenges))
     (raw / "arc-agi_test_solutions.json").unlink()
     build_arc(raw, ["training", "test"], "test", tmp_path / "arc", num_aug=2, progress=False)
     arc_dir = tmp_path / "arc"
     result = evaluate_split(arc_model(arc_dir), arc_dir, "test", make_mesh(), batch_size=8)
-    assert result.metrics["count"] == 0 and result.puzzles == load_metadata(
-        arc_dir, "test").examples_per_epoch
-    assert not any(k.startswith("pass@") for k in result.arc)
-    assert result.arc["tasks_without_solutions"] == 2 and result.arc[
-        "test_inputs_without_predictions"] == 0
+    copies = load_metadata(arc_dir, "test").examples_per_epoch
+    assert result.puzzles == copies
     validate_submission(result.submission, {"te0": 2, "te1": 1})
-    (line,) = summary_lines({"test": result})
-    assert line.startswith("test: no known test outputs to score (")
+    assert result.arc["tasks_unscored"] == 2 - len(given)
+    assert result.arc["test_inputs_without_predictions"] == 0
+    lines = summary_lines({"test": result})
+    if not given:
+        assert result.metrics == {"count": 0.0} and result.per_step == {}
+        assert not any(k.startswith("pass@") for k in result.arc)
+        (line,) = lines
+        assert line.startswith(f"test: no known outputs to score ({copies} predictions, ")
+        assert line.endswith(" puzzles/s); the submission holds the voted answers")
+        plot_per_step(tmp_path / "p.png", {"test": result.per_step})
+        assert (tmp_path / "p.png").stat().st_size > 0
+    else:
+        assert 0 < result.metrics["count"] < copies and "pass@2" in result.arc
+        assert lines[-1].endswith("(over 1 of 2 tasks: 1 have unknown test outputs)")

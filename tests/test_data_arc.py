@@ -221,7 +221,8 @@ def test_a_test_subset_without_solutions_builds_with_unknown_outputs(tmp_path):
     assert (kaggle.shapes[test, 1] == 0).all() and (kaggle.shapes[~test, 1] > 0).all()
     assert (kaggle.shapes[:, 0] == known.shapes[:, 0]).all()
     doc = json.loads((tmp_path / "kaggle_out" / "metadata.json").read_text())
-    assert doc["build"]["unknown_test_outputs"] == 3
+    assert doc["build"]["unknown_test_outputs"] == doc["build"]["test_pairs"] == 3
+    assert doc["leaks"]["test"] == 0  # an unknown output is not checked (it cannot leak)
     for a, b in zip(*(train_dataset(tmp_path / f"{n}_out", global_batch_size=4, seed=0)
                       for n in ("known", "kaggle"))):
         assert all((a[k] == b[k]).all() for k in a)

@@ -123,6 +123,8 @@ def test_every_metric_is_the_same_for_any_batch_size_and_device_count(tmp_path):
                                                 batch_size=batch, rollout_fn=recorded)
                for batch, devices in ((24, 1), (16, 1), (16, 2), (64, 2))}
     assert shapes == [21, 16, 16, 16, 16, 22]
+    assert [r.batch_size for r in results.values()] == [21, 16, 16, 22]
+    assert results[64, 2].to_json()["batch_size"] == 22
     reference = results[24, 1]
     names = set(reference.flat())
     assert {"q_halt_loss", "lm_loss", "exact_accuracy_at_step", "pass@2"} <= names

@@ -128,3 +128,17 @@ def test_an_evaluation_does_not_count_in_the_bars_step_rate():
     report.restart_clock()
     assert bar.format_dict["elapsed"] < 1.0
     bar.close()
+
+
+def test_a_keep_best_metric_the_evaluation_lacks_is_named_once(tmp_path, data_dir, capsys):
+    """A misspelt --checkpoint.keep-best-metric passes the command line's check (the set is
+    evaluated) but would keep no step as the best: one warning after the first evaluation."""
+    args = tiny_args(tmp_path / "run", data_dir, "--checkpoint.keep-best-metric",
+                     "test/exact_acc", "--max-steps", "7")
+    train(parse_cli(args), progress=False)  # evaluations at steps 6 and 7
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: --checkpoint.keep-best-metric")]
+    assert len(warnings) == 1 and "test/exact_acc: no such metric" in warnings[0]
+    assert "exact_accuracy" in warnings[0]
+    train(parse_cli([*args[:-4], "--max-steps", "8"]), progress=False)  # the default: auto
+    assert "keep-best-metric" not in capsys.readouterr().err

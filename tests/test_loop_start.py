@@ -96,5 +96,6 @@ def test_weights_of_another_architecture_are_one_line(tmp_path, data_dir, source
                      "--load-checkpoint", str(source_run / "checkpoints"), "--max-steps", "1")
     assert train_cli.main(args) == 2
     err = messages(capsys.readouterr().err)
-    assert err[-1].startswith("error: parameter ") and "the config needs" in err[-1]
+    assert err[-1].startswith(f"error: --load-checkpoint {source_run / 'checkpoints'} does "
+                              "not fit this run's model: parameter ") and "needs" in err[-1]
     assert not (tmp_path / "run").exists()  # nothing left: not even the run's lock

@@ -132,12 +132,12 @@ class ArcVoter:
 
     def summary(self, ks: Sequence[int] = PASS_KS) -> dict[str, float]:
         """pass@K plus counts: tasks, test inputs, test inputs without predictions, tasks
-        left unscored (an unknown test output)."""
+        left out of pass@K (an unknown test output)."""
         inputs = [(t, i) for t, p in self.pairs.items() for i in range(len(p))]
         missing = sum(not self.ranked(t, i) for t, i in inputs)
         return {**self.pass_at_k(ks), "tasks": float(len(self.pairs)),
                 "test_inputs": float(len(inputs)), "test_inputs_without_predictions": float(missing),
-                "tasks_without_solutions": float(len(self.pairs) - len(self.scored_tasks()))}
+                "tasks_unscored": float(len(self.pairs) - len(self.scored_tasks()))}
 
     def submission(self, attempts: int = ATTEMPTS) -> Submission:
         """Kaggle format: per task, one {"attempt_1": grid, ...} per test input, in order."""

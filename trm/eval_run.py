@@ -69,6 +69,8 @@ class SetResult:
     seconds: float = 0.0
     halting_rule: str = "q_halt > 0"
     """The adaptive policy's rule (`ModelConfig.halting_rule`)."""
+    batch_size: int | None = None
+    """The global batch the set ran in (a batch above its rows is cut to them)."""
 
     def flat(self) -> dict[str, Any]:
         """metrics, per-step curves and pass@K in one mapping (training-loop form)."""
@@ -76,7 +78,8 @@ class SetResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "per_step": self.per_step, "arc": self.arc,
-                "puzzles": self.puzzles, "seconds": round(self.seconds, 3),
+                "puzzles": self.puzzles, "batch_size": self.batch_size,
+                "seconds": round(self.seconds, 3),
                 "puzzles_per_s": self.puzzles / max(self.seconds, 1e-9)}
 
 
@@ -155,9 +158,10 @@ def evaluate_split(model: ACTModel, data_dir: str | Path, split: str, mesh: Mesh
     batch_size = min(batch_size, max(1, -(-rows // devices)) * devices)
     with tqdm(total=-(-rows // batch_size), desc=f"eval {split}", unit="batch", dynamic_ncols=True,
               disable=not progress or jax.process_index() != 0, leave=leave) as bar:
-        return evaluate_stream(model, eval_batches(data_dir, global_batch_size=batch_size,
-                                                   split=split),
-                               mesh, voter=voter, rollout_fn=rollout_fn, progress=bar)
+        result = evaluate_stream(model, eval_batches(data_dir, global_batch_size=batch_size,
+                                                     split=split),
+                                 mesh, voter=voter, rollout_fn=rollout_fn, progress=bar)
+    return dataclasses.replace(result, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +274,7 @@ def track_results(tracker: Tracker, results: Mapping[str, SetResult], step: int,
     for split, r in results.items():
         context = {"subset": "eval", "set": split, "source": "evaluate", "weights": weights}
         tracker.track({k: v for k, v in r.flat().items() if np.ndim(v) == 0}, step, context)
-        for k, acc in enumerate(r.per_step["exact_accuracy_at_step"], start=1):
+        for k, acc in enumerate(r.per_step.get("exact_accuracy_at_step", []), start=1):
             tracker.track({"exact_accuracy_at_step": acc}, k,
                           {**context, "checkpoint_step": str(step)})
 
@@ -279,10 +283,10 @@ def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
     lines = []
     for split, r in results.items():
         m, s = r.metrics, r.per_step
-        if r.arc is not None and not m["count"]:
-            lines.append(f"{split}: no known test outputs to score ({r.puzzles} predictions, "
-                         f"{r.puzzles / max(r.seconds, 1e-9):.1f} puzzles/s); the "
-                         "submission holds the voted answers")
+        if not m["count"]:
+            lines.append(f"{split}: no known outputs to score ({r.puzzles} predictions, "
+                         f"{r.puzzles / max(r.seconds, 1e-9):.1f} puzzles/s)"
+                         + ("; the submission holds the voted answers" if r.arc else ""))
             continue
         lines.append(f"{split}: exact {m.get('exact_accuracy', 0):.4f}  token "
                      f"{m.get('accuracy', 0):.4f}  q_halt {m.get('q_halt_accuracy', 0):.4f}  "
@@ -294,8 +298,11 @@ def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
                      f"{s['adaptive_exact_accuracy']:.4f} "
                      f"at {s['adaptive_mean_steps']:.2f} steps")
         if r.arc is not None:
+            unscored = int(r.arc.get("tasks_unscored", 0))
             lines.append("  ARC " + "  ".join(f"{k} {v:.4f}" for k, v in r.arc.items()
-                                             if k.startswith("pass@")))
+                                             if k.startswith("pass@"))
+                         + (f"  (over {int(r.arc['tasks']) - unscored} of {int(r.arc['tasks'])}"
+                            f" tasks: {unscored} have unknown test outputs)" if unscored else ""))
     return lines
 
 

@@ -30,6 +30,7 @@ from trm.config_diff import to_json
 from trm.integrity import all_finite
 from trm.models import ACTModel, build_model, replace_config
 from trm.models.official import (
+    StateDictError,
     config_from_official,
     from_official_state_dict,
     is_npz,
@@ -253,7 +254,11 @@ def initial_model(path: str | Path, config: ModelConfig) -> tuple[ACTModel, list
         raise FileNotFoundError(f"--load-checkpoint {path}: no such checkpoint directory or "
                                 "weights file")
     state_dict, resized = resize_puzzle_table(state_dict, config.num_puzzle_identifiers)
-    model = from_official_state_dict(state_dict, config)
+    try:
+        model = from_official_state_dict(state_dict, config)
+    except StateDictError as e:  # its names are the official ones, whatever the source
+        raise StateDictError(f"--load-checkpoint {path} does not fit this run's model: "
+                             f"{str(e).replace('official state dict', 'the source')}") from None
     if not bool(all_finite(eqx.filter(model, eqx.is_array))):
         raise ValueError(f"--load-checkpoint {path}: the weights hold non-finite numbers")
     return model, notes + ([resized] if resized else [])

@@ -73,10 +73,13 @@ def eval_metrics(rows: Mapping[str, np.ndarray], count: int) -> dict[str, float]
     """Each per-row metric averaged (float64) over the `count` counted rows, plus count.
 
     rows: name -> [count] values of the labelled, non-padding rows in data set order. Padding
-    rows, batch boundaries and device count do not enter; with no rows every mean is 0.
+    rows, batch boundaries and device count do not enter. With no rows (a split whose outputs
+    are unknown) nothing is measured: only count 0.
     """
-    return {k: float(np.mean(v, dtype=np.float64)) if count else 0.0
-            for k, v in rows.items()} | {"count": float(count)}
+    if not count:
+        return {"count": 0.0}
+    return {k: float(np.mean(v, dtype=np.float64)) for k, v in rows.items()} | {
+        "count": float(count)}
 
 
 def per_step_accuracy(exact: np.ndarray, margin: np.ndarray) -> dict[str, object]:
@@ -85,14 +88,16 @@ def per_step_accuracy(exact: np.ndarray, margin: np.ndarray) -> dict[str, object
     exact, margin: [T, N] (margin: `Rollout.halt_margin`). Returns the exact accuracy if every
     row stopped after step k (k = 1..T), and the adaptive policy that stops at the first step
     where the model's halting rule fires (margin > 0; else at T): its exact accuracy and mean
-    number of steps.
+    number of steps. {} when there are no rows (nothing to measure).
     """
     steps, n = exact.shape
+    if not n:
+        return {}
     halts = margin > 0
     stop = np.where(halts.any(0), halts.argmax(0), steps - 1)  # 0-based step index
     adaptive_correct = exact[stop, np.arange(n)]
     return {
-        "exact_accuracy_at_step": [float(x) for x in exact.mean(1)] if n else [0.0] * steps,
-        "adaptive_exact_accuracy": float(adaptive_correct.mean()) if n else 0.0,
-        "adaptive_mean_steps": float((stop + 1).mean()) if n else 0.0,
+        "exact_accuracy_at_step": [float(x) for x in exact.mean(1)],
+        "adaptive_exact_accuracy": float(adaptive_correct.mean()),
+        "adaptive_mean_steps": float((stop + 1).mean()),
     }

@@ -308,7 +308,8 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     bar = tqdm(total=last_step, initial=start, disable=not progress or jax.process_index() != 0,
                unit="step", dynamic_ncols=True)
     report = Reporter(tracker, bar, global_batch=o.global_batch_size,
-                      examples_per_epoch=metadata.examples_per_epoch, last_step=last_step)
+                      examples_per_epoch=metadata.examples_per_epoch, last_step=last_step,
+                      best_metric=cfg.best_metric)
     pending, phase_now, step_fn = None, None, None
     # one process: SIGTERM raises Terminated, held back while a step or a save is handed over;
     # several: jax.distributed's preemption service owns SIGTERM (see preemption_reached)

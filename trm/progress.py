@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import jax
 from tqdm import tqdm
 
+from trm.cli import warn
 from trm.tracking import Tracker
 
 
@@ -50,8 +51,11 @@ class Reporter:
     """
 
     def __init__(self, tracker: Tracker, bar: tqdm, *, global_batch: int,
-                 examples_per_epoch: int, last_step: int) -> None:
+                 examples_per_epoch: int, last_step: int, best_metric: str | None = None
+                 ) -> None:
         self.tracker, self.bar = tracker, bar
+        self.best_metric = best_metric
+        """--checkpoint.keep-best-metric, checked against the first evaluation's metrics."""
         self.global_batch, self.examples_per_epoch = global_batch, examples_per_epoch
         self.last_step = last_step
         self.history: list[dict[str, float]] = []
@@ -79,8 +83,17 @@ class Reporter:
                              ex_s=f"{metrics['examples_per_s']:.0f}", refresh=False)
 
     def evaluation(self, step: int, evals: Mapping[str, Mapping[str, float]]) -> None:
-        """Track each set's metrics (context eval, set) and print one line per set."""
+        """Track each set's metrics (context eval, set) and print one line per set; after the
+        first, a warning when --checkpoint.keep-best-metric names none of the metrics (a
+        misspelt name would keep no step as the best)."""
         epoch = step * self.global_batch / max(self.examples_per_epoch, 1)
+        split, _, name = (self.best_metric or "").partition("/")
+        measured = evals.get(split, {})
+        if self.best_metric and measured.get("count", 1) and name not in measured:
+            warn([(f"--checkpoint.keep-best-metric {self.best_metric}: no such metric of the "
+                   f"evaluation (it has {', '.join(sorted(measured))}); no step is kept as the "
+                   "best")])
+        self.best_metric = None  # checked once
         for split, metrics in evals.items():
             self.tracker.track(metrics, step, {"subset": "eval", "set": split})
             if jax.process_index() == 0:

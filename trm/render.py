@@ -179,7 +179,11 @@ def plot_per_step(path: str | os.PathLike[str], curves: Mapping[str, Mapping[str
     policy (stop at the first q_halt > 0) as a star at (mean steps, accuracy)."""
     fig = Figure(figsize=(6.4, 4.0), dpi=DPI)
     ax = fig.add_subplot()
-    for name, c in curves.items():
+    scored = {name: c for name, c in curves.items() if c}  # {}: no known outputs
+    if not scored:
+        ax.text(0.5, 0.5, "no known outputs to score", ha="center", va="center",
+                transform=ax.transAxes)
+    for name, c in scored.items():
         acc = c["exact_accuracy_at_step"]
         line, = ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, label=f"{name}: stop at k")
         ax.plot([c["adaptive_mean_steps"]], [c["adaptive_exact_accuracy"]], marker="*", ms=12,
@@ -191,7 +195,8 @@ def plot_per_step(path: str | os.PathLike[str], curves: Mapping[str, Mapping[str
     ax.set_ylabel("exact accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if scored:
+        ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -308,7 +308,8 @@ class RunConfig:
         require(best in (None, "auto") or best.partition("/")[0] in e.eval_sets and "/" in best,
                 self,
                 "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
-                f"evaluated set ({', '.join(e.eval_sets)}), e.g. test/exact_accuracy")
+                f"evaluated set ({', '.join(e.eval_sets)}), e.g. "
+                f"{(e.eval_sets or ('test',))[0]}/exact_accuracy")
         _at_least(self, "max_steps", 1)
         require(self.run_dir.strip() != "", self, "run_dir",
                 f"must name a directory, got {self.run_dir!r}")

@@ -274,7 +274,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError as e:
-            raise StateDictError(f"{path}: reading PyTorch checkpoints needs torch installed") from e
+            raise StateDictError(f"{path}: not an .npz; reading it as a PyTorch checkpoint "
+                                 "needs torch installed") from e
     try:
         if npz:
             with np.load(path) as f:
