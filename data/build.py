@@ -154,9 +154,9 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
     """ARC JSON subsets -> DIR: base grids, example table and augmentation pool; `strict`
     refuses test pairs that also appear (exactly) among the training rows; `official_rng`
     orders and pools the tasks as the official builder does (`arc.official_order_and_pool`:
-    its puzzle identifiers). The test subset
-    may lack a solutions file: its outputs are then unknown (shape 0 x 0; counted in
-    build["unknown_test_outputs"]), never trained on, and evaluation only predicts them."""
+    its puzzle identifiers). The test subset may lack a solutions file: its outputs are then
+    unknown (shape 0 x 0; counted in build["unknown_test_outputs"]), never trained on, left
+    out of the leak check, and evaluation only predicts them."""
     check_output_dir(out)  # before the work
     t0 = time.perf_counter()
     subsets = list(subsets)
@@ -188,7 +188,8 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
                  official_rng=official_rng,
                  tasks=len(tasks), tasks_with_fewer_copies=int((pool.count < num_aug + 1).sum()),
                  min_copies=int(pool.count.min()),
-                 test_pairs=int((arrays.split == 1).sum()), unknown_test_outputs=int((~known).sum()))
+                 test_pairs=int((arrays.split == 1).sum()),
+                 unknown_test_outputs=int((~known).sum()))
     with atomic_dir(out) as tmp:
         write_arc(tmp, arrays, [(t.id, t.subset) for t in tasks])
         build["seconds"] = round(time.perf_counter() - t0, 3)

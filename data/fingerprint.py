@@ -74,9 +74,10 @@ def check(trained: dict[str, Any] | None, data_dir: str | Path, *, allow_mismatc
     """Compare the fingerprint a model was trained with to data set `data_dir`'s.
 
     Returns warning lines (nothing to check, a mismatch allowed by `allow_mismatch`, official
-    weights on an ARC set built without the official identifiers); raises DataError on a mismatch otherwise, naming
-    `flag` (the option that sets allow_mismatch), and always when the model cannot read the
-    data set (vocab_size or seq_len differ, or the data set has more puzzle identifiers).
+    weights on an ARC set built without the official identifiers); raises DataError on a
+    mismatch otherwise, naming `flag` (the option that sets allow_mismatch), and always when
+    the model cannot read the data set (vocab_size or seq_len differ, or the data set has more
+    puzzle identifiers).
     `trained` None: a checkpoint written before fingerprints (or official weights).
     """
     data = read(data_dir)

@@ -23,7 +23,7 @@ def _paper(name: str, model: ModelConfig, data_dir: str, *, lr: float, puzzle_lr
            evaluators: tuple[Literal["arc"], ...] = ()) -> RunConfig:
     """Official defaults (batch 768, warm-up 2000, constant lr, betas 0.9/0.95, EMA 0.999).
     Checkpoints: the last 2 and the best by the paper's metric (ARC pass@2, else exact
-    accuracy): the official code keeps every evaluated one, and a long run peaks early."""
+    accuracy): the official code keeps every evaluated one; a run's best need not be its last."""
     return RunConfig(
         model=model,
         optim=OptimConfig(lr=lr, puzzle_emb_lr=puzzle_lr, weight_decay=wd,
