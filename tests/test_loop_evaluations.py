@@ -78,6 +78,11 @@ def test_an_evaluation_cut_short_runs_when_the_run_resumes(tmp_path, data_dir, c
     assert evals == ([f"eval step {stop_at}/12 epoch {stop_at // 6}.0"]
                      + (["eval step 12/12 epoch 2.0"] if stop_at == 6 else []))
     assert resumed.steps == 12 and resumed.eval_metrics["test"]["count"] == 16
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager((tmp_path / "run/checkpoints").resolve()) as manager:
+        late = manager.metrics(stop_at)  # the late evaluation ranks in keep-best like any
+    assert late is not None and late["test/count"] == 16 and "test/exact_accuracy" in late
     again = train(parse_cli(args), progress=False)  # finished and evaluated: nothing to do
     err = capsys.readouterr().err
     assert "nothing to train" in err and "evaluating step" not in err

@@ -279,14 +279,23 @@ class Checkpointer:
 
     def record_evaluation(self, step: int, metrics: dict[str, float]) -> None:
         """Note that saved `step` has been evaluated after its save (a stop had cut its
-        evaluation short), in <dir>/late_evaluations.json (orbax cannot add metrics to a
-        saved step); process 0 writes."""
-        if jax.process_index() != 0:
-            return
-        record = self._late_evaluations() | {str(step): {k: float(v) for k, v in
-                                                         metrics.items()}}
-        with atomic_file(self._late_evaluations_path()) as tmp:
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
+        evaluation short), in <dir>/late_evaluations.json, and give the step its metrics
+        where orbax keeps a step's metrics (<dir>/<step>/metrics/metrics, which orbax reads
+        when it loads the steps; it has no call to add them to a saved step), so that
+        --checkpoint.keep-best-metric ranks it. Process 0 writes; every process reloads."""
+        values = {k: float(v) for k, v in metrics.items()}
+        if jax.process_index() == 0:
+            record = self._late_evaluations() | {str(step): values}
+            with atomic_file(self._late_evaluations_path()) as tmp:
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
+            step_metrics = as_path(self.directory) / str(step) / "metrics" / "metrics"
+            if not step_metrics.exists():
+                step_metrics.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(step_metrics) as tmp:
+                    tmp.write_text(json.dumps(values))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("trm late evaluation recorded")
+        self._manager.reload()
 
     def _late_evaluations_path(self) -> epath.Path:
         return as_path(self.directory) / "late_evaluations.json"
