@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     for q, aug in ((s, build.SUDOKU_NUM_AUG), (m, build.MAZE_NUM_AUG), (a, build.ARC_NUM_AUG)):
         q.add_argument("--out", type=Path, required=True, help="data set directory")
         q.add_argument("--seed", type=non_negative_int, default=None,
-                       help="subsample / augmentation-pool seed (default 0; 42, the official "
-                            "default, with --official-rng)")
+                       help="subsample / augmentation-pool seed (default 0"
+                            + ("; 42, the official default, with --official-rng)" if q is a
+                               else ")"))
         q.add_argument("--num-aug", type=int_at_least(0, 7) if q is m else non_negative_int,
                        default=aug,
                        help=f"default augmented copies per puzzle (default {aug})")
