@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from jaxtyping import Int, Integer, UInt8
+from jaxtyping import Bool, Int, Integer, UInt8
 from tqdm import tqdm
 
 from data.augment import dihedral
@@ -44,6 +44,11 @@ class ArcTask(NamedTuple):
     subset: str
     train: list[Pair]
     test: list[Pair]
+
+
+def known_outputs(shapes: Integer[np.ndarray, "n 2 2"]) -> Bool[np.ndarray, " n"]:
+    """Whether each stored (input, output) pair's output is known (`UNKNOWN`: 0 x 0)."""
+    return shapes[:, 1, 0] > 0
 
 
 class Pool(NamedTuple):
@@ -92,10 +97,6 @@ def _pairs(where: str, examples: Any, outputs: list[Any] | None = None,
                             "disagree on this test output")
         pairs.append((_grid(f"{where}[{i}].input", ex["input"]), output))
     return pairs
-
-
-def has_solutions(arc_dir: Path, subset: str) -> bool:
-    return (Path(arc_dir) / f"arc-agi_{subset}_solutions.json").is_file()
 
 
 def read_subset(arc_dir: Path, subset: str, *, solutions_optional: bool = False

@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Int, Integer
 
 from data import augment, rng
-from data.arc import identifier_starts
+from data.arc import identifier_starts, known_outputs
 from data.common import ARC_SIZE, IGNORE_LABEL_ID
 from data.store import ArcArrays
 
@@ -154,9 +154,8 @@ class ArcPuzzles:
                 c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g, s = self.a.grids[rows], self.a.shapes[rows]
         labels = _labels(augment.encode_batch(g[:, 1], s[:, 1], t, perm, r0, c0))
-        known = s[:, 1, 0] > 0                       # an unknown output is 0 x 0: no label
         return (augment.encode_batch(g[:, 0], s[:, 0], t, perm, r0, c0),
-                np.where(known[:, None], labels, IGNORE_LABEL_ID))
+                np.where(known_outputs(s)[:, None], labels, IGNORE_LABEL_ID))
 
     def train_batch(self, num_aug: int, seed: int, epoch: Int[np.ndarray, " n"],
                     group: Int[np.ndarray, " n"], member: Int[np.ndarray, " n"]) -> Batch:

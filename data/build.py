@@ -174,7 +174,7 @@ def build_arc(arc_dir: Path, subsets: list[str], test_subset: str, out: Path, *,
         pool = arc.build_pool(tasks, num_aug, seed, progress=progress)
     arrays = arc_arrays(tasks, test_subset, pool)
     keys = equivalence.arc_pair_keys(arrays.grids, arrays.shapes)
-    known = arrays.shapes[:, 1, 0] > 0  # an unknown test output cannot equal a training pair
+    known = arc.known_outputs(arrays.shapes)  # an unknown one cannot equal a training pair
     leaks = leak_report(keys[arrays.split == 0], keys[(arrays.split == 1) & known],
                         "same input and output grids", strict=strict)
     common = dict(name="arc", vocab_size=ARC_VOCAB, seq_len=ARC_SEQ,

@@ -41,8 +41,8 @@ def _accuracy(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = argument_parser(prog="python -m sweeps", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:]))
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="\n".join(__doc__.split("\n")[2:]))
     cmd = p.add_subparsers(dest="command", required=True)
     ls = cmd.add_parser("list", help="list catalog entries")
     ls.add_argument("patterns", nargs="*", default=["all"])

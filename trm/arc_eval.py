@@ -136,7 +136,8 @@ class ArcVoter:
         inputs = [(t, i) for t, p in self.pairs.items() for i in range(len(p))]
         missing = sum(not self.ranked(t, i) for t, i in inputs)
         return {**self.pass_at_k(ks), "tasks": float(len(self.pairs)),
-                "test_inputs": float(len(inputs)), "test_inputs_without_predictions": float(missing),
+                "test_inputs": float(len(inputs)),
+                "test_inputs_without_predictions": float(missing),
                 "tasks_unscored": float(len(self.pairs) - len(self.scored_tasks()))}
 
     def submission(self, attempts: int = ATTEMPTS) -> Submission:

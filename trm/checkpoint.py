@@ -266,10 +266,10 @@ class Checkpointer:
         return eqx.combine(arrays, eqx.filter(template, _is_array_like, inverse=True))
 
     def evaluated(self, step: int) -> bool:
-        """Whether `step` was saved with its evaluation's metrics (`save(metrics=...)`) or
-        evaluated after it was saved (`record_evaluation`); True for a checkpoint written
-        before that was recorded, False for an unreadable one."""
-        if str(step) in self._late_evaluations():
+        """Whether `step` has its evaluation's metrics: saved with them (`save(metrics=...)`,
+        recorded in its config) or given them after its save (`record_evaluation`); True
+        for a checkpoint written before that was recorded, False for an unreadable one."""
+        if self._metrics_file(step).exists():
             return True
         try:
             stored = self.stored_config(step)
@@ -278,34 +278,20 @@ class Checkpointer:
         return bool(stored.get("evaluated", True))
 
     def record_evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """Note that saved `step` has been evaluated after its save (a stop had cut its
-        evaluation short), in <dir>/late_evaluations.json, and give the step its metrics
-        where orbax keeps a step's metrics (<dir>/<step>/metrics/metrics, which orbax reads
-        when it loads the steps; it has no call to add them to a saved step), so that
-        --checkpoint.keep-best-metric ranks it. Process 0 writes; every process reloads."""
-        values = {k: float(v) for k, v in metrics.items()}
+        """Give saved `step` the metrics of its evaluation run after its save (a stop had cut
+        it short) where orbax keeps a step's metrics, which it reads when it loads the steps
+        (it has no call to add them to a saved step): --checkpoint.keep-best-metric ranks
+        the step, and a rerun does not evaluate it again. Process 0 writes; all reload."""
         if jax.process_index() == 0:
-            record = self._late_evaluations() | {str(step): values}
-            with atomic_file(self._late_evaluations_path()) as tmp:
-                tmp.write_text(json.dumps(record, indent=1) + "\n")
-            step_metrics = as_path(self.directory) / str(step) / "metrics" / "metrics"
-            if not step_metrics.exists():
-                step_metrics.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(step_metrics) as tmp:
-                    tmp.write_text(json.dumps(values))
+            with atomic_file(self._metrics_file(step)) as tmp:
+                tmp.write_text(json.dumps({k: float(v) for k, v in metrics.items()}))
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("trm late evaluation recorded")
         self._manager.reload()
 
-    def _late_evaluations_path(self) -> epath.Path:
-        return as_path(self.directory) / "late_evaluations.json"
-
-    def _late_evaluations(self) -> dict[str, Any]:
-        path = self._late_evaluations_path()
-        try:
-            return json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):  # unreadable: as if absent
-            return {}
+    def _metrics_file(self, step: int) -> epath.Path:
+        """Where orbax keeps the metrics of `step` (its `metrics` item)."""
+        return as_path(self.directory) / str(step) / "metrics" / "metrics"
 
     def setting_changes(self, step: int) -> list[str]:
         """The MODEL_TRAJECTORY model fields and TRAJECTORY run settings of this run that differ

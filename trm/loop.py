@@ -242,9 +242,9 @@ def _train(cfg: RunConfig, progress: bool, held: contextlib.ExitStack) -> TrainR
     key = jax.random.key(cfg.seed)
 
     def make_state(initial: ACTModel | None = None) -> TrainState:
-        model = build_model(model_cfg, key=jax.random.fold_in(key, 0)) if initial is None \
-            else initial
-        return init_train_state(model, optimizer, o.global_batch_size,
+        if initial is None:
+            initial = build_model(model_cfg, key=jax.random.fold_in(key, 0))
+        return init_train_state(initial, optimizer, o.global_batch_size,
                                 jax.random.fold_in(key, 1), ema=o.ema)
 
     # built under jit straight into its global shardings (works across hosts)

@@ -305,10 +305,9 @@ class RunConfig:
         require(e.average_last_k <= self.checkpoint.keep_last, self, "eval.average_last_k",
                 f"{e.average_last_k} needs --checkpoint.keep-last >= {e.average_last_k}")
         best = self.checkpoint.keep_best_metric
-        require(best in (None, "auto") or best.partition("/")[0] in e.eval_sets and "/" in best,
-                self,
-                "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> of an "
-                f"evaluated set ({', '.join(e.eval_sets)}), e.g. "
+        named = best in (None, "auto") or best.partition("/")[0] in e.eval_sets and "/" in best
+        require(named, self, "checkpoint.keep_best_metric", f"{best} is not <eval set>/<metric> "
+                f"of an evaluated set ({', '.join(e.eval_sets)}), e.g. "
                 f"{(e.eval_sets or ('test',))[0]}/exact_accuracy")
         _at_least(self, "max_steps", 1)
         require(self.run_dir.strip() != "", self, "run_dir",
