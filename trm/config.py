@@ -128,9 +128,10 @@ class ModelConfig:
     "hrm" (two stacks, L_cycles x H_cycles, one-step gradient) or "transformers_baseline"
     (one pass of H_layers attention blocks per supervision step)."""
     remat: bool | None = None
-    """Recompute each network call in the backward pass instead of storing its activations
-    (less memory, one more forward pass of the last H cycle; same numbers up to float
-    rounding). None: on for the CPU backend, where recomputing is faster than writing and
+    """Recompute each network call in the backward pass instead of storing its activations,
+    keeping only its projections' outputs (`trm.models.trm.REMAT_POLICY`; less memory, the
+    element-wise work and attention products of the last H cycle run twice; same numbers up
+    to float rounding). None: on for the CPU backend, where recomputing is faster than writing and
     re-reading the stacked activations of the loop over L_cycles (README, Performance),
     off elsewhere. trm family only: hrm and the baseline differentiate one or two calls per
     step."""

@@ -32,6 +32,10 @@ from trm.models.act import ACTModel, io_layers, stop_gradient_tree
 from trm.models.layers import Embedding, Linear, ReasoningNet, Rope, trunc_normal
 
 HIER6_LATENTS = 6
+REMAT_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+"""What a rematerialised network call keeps for its backward pass: the outputs of its
+projections (dots without batch dimensions); the attention's per-head products and the
+element-wise work are recomputed (README, Performance)."""
 
 
 def latent_sum(z_L: Float[Array, "B n L D"]) -> Float[Array, "B L D"]:
@@ -77,7 +81,8 @@ class TRM(ACTModel):
         c = self.config
         net = self.net
         if remat:  # the module goes in as an argument: jax.checkpoint hashes its callable
-            recompute = jax.checkpoint(lambda module, h, inj, rope_: module(h, inj, rope_))
+            recompute = jax.checkpoint(lambda module, h, inj, rope_: module(h, inj, rope_),
+                                       policy=REMAT_POLICY)
             net = functools.partial(recompute, self.net)
         if c.arch == "trm_singlez":
             z_L = jax.lax.fori_loop(0, c.L_cycles, lambda _, z: net(z, x, rope), z_L)
