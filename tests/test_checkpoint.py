@@ -108,6 +108,38 @@ def test_keeps_last_k_plus_best_metric(tmp_path):
         assert ckpt.all_steps() == [4, 5, 6]
 
 
+@pytest.mark.parametrize("garbled", ['{"test/acc', '["not", "a dict"]', '{"test/acc": "high"}',
+                                     b"\xff\xfe"])
+def test_a_damaged_metrics_file_costs_only_its_ranking(tmp_path, capsys, garbled):
+    """orbax reads every step's metrics when it opens a directory and raised on one damaged
+    file: every restore, resume and evaluation of the run stopped, naming no file. Now the
+    step reads as unevaluated (one notice naming the file, none when read-only) and is kept
+    (it may be the best) until evaluated again; the best is ranked among the other steps."""
+    state = _make_state(jax.random.key(0))
+    cfg = CheckpointConfig(keep_last=1, keep_best_metric="test/acc", async_save=False)
+    with Checkpointer(tmp_path, cfg, MODEL_CFG) as ckpt:
+        for step, acc in {1: 0.5, 2: 0.9, 3: 0.1}.items():
+            ckpt.save(step, state, metrics={"test/acc": acc})
+    damaged = tmp_path / "2" / "metrics" / "metrics"
+    if isinstance(garbled, bytes):
+        damaged.write_bytes(garbled)
+    else:
+        damaged.write_text(garbled)
+    with Checkpointer(tmp_path, CheckpointConfig(async_save=False), MODEL_CFG,
+                      read_only=True) as reader:
+        _assert_trees_equal(reader.restore(state, step=2), state)
+    assert capsys.readouterr().err == ""
+    with Checkpointer(tmp_path, cfg, MODEL_CFG) as ckpt:
+        assert not ckpt.evaluated(2) and ckpt.evaluated(3)
+        ckpt.save(4, state, metrics={"test/acc": 0.3})
+        assert ckpt.all_steps() == [2, 4]  # 4 the latest and best ranked; 2 unranked, kept
+        ckpt.record_evaluation(2, {"test/acc": 0.9})  # evaluated again: ranked
+        assert ckpt.evaluated(2)
+        ckpt.save(5, state, metrics={"test/acc": 0.4})
+        assert ckpt.all_steps() == [2, 5]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"notice: {damaged}: unreadable metrics (")
+
 def test_restore_refuses_another_model_config(tmp_path):
     state = _make_state(jax.random.key(0))
     with Checkpointer(tmp_path, CheckpointConfig(async_save=False), MODEL_CFG) as ckpt:

@@ -20,9 +20,11 @@ A step that cannot be read, does not match its digests or holds non-finite numbe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -87,7 +89,21 @@ def _best_metric(cfg: CheckpointConfig) -> Callable[[dict[str, float]], float] |
     return metric
 
 
-def _preservation(cfg: CheckpointConfig) -> policies.LatestN | policies.AnyPreservationPolicy:
+@dataclasses.dataclass
+class _KeepSteps:
+    """Preserves the steps in `steps` (a set that may grow later; orbax's CustomSteps copies
+    its steps when made)."""
+
+    steps: set[int]
+
+    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
+        return [c.step in self.steps for c in checkpoints]
+
+
+def _preservation(cfg: CheckpointConfig, unranked: set[int],
+                  ) -> policies.LatestN | policies.AnyPreservationPolicy:
+    """The `keep_last` latest steps, and with a best metric the best step and the `unranked`
+    steps (their metrics are unreadable: one of them may be the best)."""
     latest = policies.LatestN(n=cfg.keep_last)
     metric = _best_metric(cfg)
     if metric is None:
@@ -95,7 +111,7 @@ def _preservation(cfg: CheckpointConfig) -> policies.LatestN | policies.AnyPrese
     # BestN keeps the last n after an ascending sort (reverse=True: the smallest).
     best = policies.BestN(get_metric_fn=metric, reverse=cfg.best_mode != "max", n=1,
                           keep_checkpoints_without_metrics=False)
-    return policies.AnyPreservationPolicy([latest, best])
+    return policies.AnyPreservationPolicy([latest, best, _KeepSteps(unranked)])
 
 
 class UnusableCheckpoint(ValueError):
@@ -140,6 +156,30 @@ def newest_usable(steps: list[int], load: Callable[[int], R], directory: str,
                      + "; ".join(f"step {e.step}: {e.reason}" for e in skipped))
 
 
+class _Manager(ocp.CheckpointManager):
+    """orbax's CheckpointManager reading a step's unreadable metrics file (garbled JSON, not
+    an object of numbers) as no metrics, reported once to `unreadable(step, reason)`: orbax
+    reads every step's metrics when it loads the directory and raised, so one damaged file
+    stopped every restore and resume. Overrides orbax's one reader of that file (the
+    orbax-checkpoint versions pinned in pyproject.toml)."""
+
+    def __init__(self, *args: Any, unreadable: Callable[[int, str], None], **kwargs: Any):
+        self._unreadable = unreadable  # before __init__: it reads the metrics
+        super().__init__(*args, **kwargs)
+
+    def _get_metrics(self, step: int) -> Any:
+        try:
+            metrics = super()._get_metrics(step)
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            self._unreadable(step, short_reason(e))
+            return None
+        if metrics is not None and not (isinstance(metrics, dict) and all(
+                isinstance(v, int | float) for v in metrics.values())):
+            self._unreadable(step, "not a JSON object of numbers")
+            return None
+        return metrics
+
+
 class Checkpointer:
     """Save/restore (state, data iterator, configs) by step under one directory.
 
@@ -159,8 +199,10 @@ class Checkpointer:
         self._config_json = {"model": to_json(model_config),
                              "run": None if run_config is None else to_json(run_config),
                              "data": data_fingerprint, "data_contents": data_contents}
+        self._unreadable_metrics: set[int] = set()
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=cfg.async_save, preservation_policy=_preservation(cfg),
+            enable_async_checkpointing=cfg.async_save,
+            preservation_policy=_preservation(cfg, self._unreadable_metrics),
             # with best_fn orbax also writes each step's metrics to disk (else it ranks only
             # the steps saved by this process: a resumed run lost its best step)
             best_fn=_best_metric(cfg), best_mode=cfg.best_mode,
@@ -171,9 +213,21 @@ class Checkpointer:
             # an unwritable directory then fails in `save` itself: created in a background
             # thread, its failure left the next save waiting for a signal for minutes
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
-        self._manager = ocp.CheckpointManager(
-            as_path(directory if is_url(directory) else os.path.abspath(directory)),
-            options=options, item_names=_ITEMS)
+        self._read_only = read_only
+        self._root = as_path(directory if is_url(directory) else os.path.abspath(directory))
+        self._manager = _Manager(self._root, options=options, item_names=_ITEMS,
+                                 unreadable=self._metrics_unreadable)
+
+    def _metrics_unreadable(self, step: int, reason: str) -> None:
+        """One notice per damaged metrics file (a training's: an evaluation needs no
+        metrics); the step counts as not evaluated and is kept (`_preservation`)."""
+        if step in self._unreadable_metrics:
+            return
+        self._unreadable_metrics.add(step)
+        if not self._read_only and jax.process_index() == 0:
+            print(f"notice: {self._metrics_file(step)}: unreadable metrics ({reason}); step "
+                  f"{step} is kept, unranked by --checkpoint.keep-best-metric (delete it "
+                  "if it is not wanted)", file=sys.stderr, flush=True)
 
     def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None = None,
              metrics: dict[str, float] | None = None, force: bool = False) -> bool:
@@ -268,7 +322,10 @@ class Checkpointer:
     def evaluated(self, step: int) -> bool:
         """Whether `step` has its evaluation's metrics: saved with them (`save(metrics=...)`,
         recorded in its config) or given them after its save (`record_evaluation`); True
-        for a checkpoint written before that was recorded, False for an unreadable one."""
+        for a checkpoint written before that was recorded, False for an unreadable one or
+        one whose metrics file is damaged."""
+        if step in self._unreadable_metrics:
+            return False
         if self._metrics_file(step).exists():
             return True
         try:
@@ -285,13 +342,14 @@ class Checkpointer:
         if jax.process_index() == 0:
             with atomic_file(self._metrics_file(step)) as tmp:
                 tmp.write_text(json.dumps({k: float(v) for k, v in metrics.items()}))
+        self._unreadable_metrics.discard(step)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("trm late evaluation recorded")
         self._manager.reload()
 
     def _metrics_file(self, step: int) -> epath.Path:
         """Where orbax keeps the metrics of `step` (its `metrics` item)."""
-        return as_path(self.directory) / str(step) / "metrics" / "metrics"
+        return self._root / str(step) / "metrics" / "metrics"
 
     def setting_changes(self, step: int) -> list[str]:
         """The MODEL_TRAJECTORY model fields and TRAJECTORY run settings of this run that differ
