@@ -11,6 +11,8 @@ Batches are dicts of numpy arrays: "inputs" int32 [B_local, seq_len], "labels" i
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -146,19 +148,30 @@ def _out_of_shared_memory(batch: Batch) -> Batch:
     return {k: np.array(v) for k, v in batch.items()}
 
 
+_PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when its parent dies (linux/prctl.h)."""
+
+
 def _stopped_by_the_parent(worker_index: int, worker_count: int) -> None:
     """In a Grain worker: Ctrl-C and a scheduler's SIGTERM reach the whole process group, and
     the parent stops its workers itself (closing its iterator frees the batches in flight), so
     a worker ignores them: no traceback, no shared memory left behind. An orphaned worker (its
-    parent killed) still ends on SIGTERM."""
+    parent killed, e.g. `kill -9` or the OOM killer) ends: on Linux the kernel sends it SIGTERM
+    when the parent dies (`PR_SET_PDEATHSIG`); the resource tracker then frees its shared
+    memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
+    parent = multiprocessing.parent_process()
+    parent_pid = os.getppid() if parent is None else parent.pid
 
     def on_sigterm(signum: int, frame: object) -> None:
-        if os.getppid() != parent:
+        if os.getppid() != parent_pid:
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(128 + signal.SIGTERM)
 
 
 def train_iterator(data_dir: Path | str, *, global_batch_size: int, seed: int,

@@ -3,12 +3,14 @@ semantics end to end, padded evaluation and ARC copies mapped back to the origin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grain
@@ -141,6 +143,43 @@ def test_a_signal_to_the_group_stops_the_worker_processes_quietly(dirs, sig):
         proc.kill()
     assert (out, proc.returncode) == ("interrupted\n", 0), err
     assert "Traceback" not in err and "leaked" not in err, err
+
+
+def _children(pid):
+    """Child process ids of `pid` (Linux /proc)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return {int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()}
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_workers_end_when_their_parent_is_killed(dirs):
+    """`kill -9` (or the OOM killer) on a run with loader workers left them running for good
+    (~200 MB each) with their shared memory: now they end, and so does the resource tracker
+    (which frees the shared memory when its last user is gone)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_A_BATCH, str(dirs["sudoku"])], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        children = _children(proc.pid)
+        assert children  # the worker and the resource tracker
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, children))
+    finally:
+        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_explicit_epochs_drop_the_last_partial_batch(dirs):
