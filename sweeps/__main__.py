@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "'any' reads every run)")
     for q in (show, sc, rn, an):
         q.add_argument("--scale", choices=("cpu",), help="shrink every run to CPU size")
-        q.add_argument("--steps", type=positive_int, default=16,
+        q.add_argument("--steps", type=positive_int, default=None,
                        help="optimiser steps per run with --scale cpu (default 16)")
         q.add_argument("--root", help="run directories go under ROOT "
                                       "(default runs/study, runs/study-cpu with --scale)")
@@ -81,9 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace):
     from sweeps.runner import Settings
 
+    if args.steps is not None and args.scale != "cpu":
+        raise ValueError("--steps sets the steps of a CPU-scale run: give --scale cpu too (the "
+                         "full-size runs train their catalog epochs)")
     return Settings(scale=args.scale, root=args.root, repo=args.repo,
-                    track=getattr(args, "track", None), steps=args.steps,
-                    launcher=getattr(args, "launcher", None))
+                    track=getattr(args, "track", None),
+                    launcher=getattr(args, "launcher", None),
+                    **({} if args.steps is None else {"steps": args.steps}))
 
 
 def _list(patterns: Sequence[str]) -> None:
@@ -155,7 +159,8 @@ def _run(args: argparse.Namespace) -> None:
             step = None if r.finished() else r.saved_step()
             state = ("to run" if not r.finished() and step is None else
                      f"resumes at step {step}" if step is not None else
-                     "stale" if r.stale() else "finished")  # stale: another command line
+                     ("stale, from scratch" if args.force else "stale") if r.stale() else
+                     "finished")  # stale: another command line
             print(f"{r.name:<22} {state:<20} {r.shown}")
         return
     t0 = time.monotonic()

@@ -279,10 +279,14 @@ def _matches(pattern: str, e: Experiment) -> bool:
 
 def select(patterns: str | Sequence[str] = "all") -> list[Experiment]:
     """Entries matching any pattern (comma/space separated), in catalog order; an unmatched
-    pattern raises ValueError naming the groups."""
+    or blank pattern raises ValueError naming the groups (a blank one, e.g. an unset shell
+    variable, would otherwise select everything)."""
     if isinstance(patterns, str):
         patterns = [patterns]
-    parts = [p for s in patterns for p in s.replace(",", " ").split()] or ["all"]
+    parts = [p for s in patterns for p in s.replace(",", " ").split()]
+    if not parts:
+        raise ValueError(f"no experiment pattern given (blank: {list(patterns)!r}); give "
+                         f"names, groups or 'all'; groups: {', '.join(GROUPS)}")
     for p in parts:
         if not any(_matches(p, e) for e in CATALOG):
             raise ValueError(f"pattern {p!r} matches no experiment; groups: "

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -235,6 +236,14 @@ class Outcome:
     detail: str = ""
 
 
+def _signal_name(number: int) -> str:
+    """SIGKILL for 9, ...; 'signal N' for one Python does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _last_line(log: Path) -> str:
     try:
         text = log.read_bytes()[-4000:].decode(errors="replace").replace("\r", "\n")
@@ -285,6 +294,16 @@ def _prepare(runs: Sequence[PlannedRun]) -> None:
                 Repo.from_path(tracking.repo, init=True)
 
 
+def set_aside(run_dir: epath.Path) -> epath.Path:
+    """Rename `run_dir` to the first free `<run_dir>.stale-<k>` (k = 1, 2, ...) and return
+    that path: kept for inspection, out of the way of a fresh run of the same name."""
+    k = 1
+    while (aside := run_dir.parent / f"{run_dir.name}.stale-{k}").exists():
+        k += 1
+    run_dir.rename(aside)
+    return aside
+
+
 def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
             env: Mapping[str, str] | None = None, poll_s: float = 0.5,
             say: Callable[[str], object] = print) -> list[Outcome]:
@@ -301,6 +320,10 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
                                   "--force reruns it)" if r.stale() else
                                   f"finished, skipped ({r.marker})"))
         else:
+            if r.finished() and r.stale():  # its checkpoints are another run's
+                aside = set_aside(r.run_dir)
+                say(f"[{r.name}] finished with another command line: moved to {aside}; "
+                    "trains from scratch")
             todo.append(r)
     if todo:
         _prepare(todo)
@@ -329,7 +352,9 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
                     outcomes.append(Outcome(r, "done", seconds))
                     say(f"[{r.name}] done in {seconds:.0f} s")
                 else:
-                    detail = f"exit {proc.returncode}: {_last_line(r.log)}"
+                    detail = (f"killed by {_signal_name(-proc.returncode)}"
+                              if proc.returncode < 0 else
+                              f"exit {proc.returncode}: {_last_line(r.log)}")
                     outcomes.append(Outcome(r, "failed", seconds, detail))
                     say(f"[{r.name}] FAILED after {seconds:.0f} s ({detail}; "
                         f"log {r.log})")

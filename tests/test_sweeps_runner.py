@@ -64,8 +64,13 @@ def test_run_all_keeps_going_after_a_failure_and_skips_finished_runs(tmp_path, f
     said.clear()
     assert run_all(runs[:1], poll_s=0.05, say=said.append)[0].status == "stale"
     assert "finished with another command line" in said[0] and "--force reruns it" in said[0]
+    (tmp_path / "runs/exp05_a/checkpoints/16").mkdir(parents=True)  # another run's steps
     forced = run_all(runs[:1], force=True, poll_s=0.05, say=said.append)
     assert forced[0].status == "done" and not runs[0].stale()
+    # it trained from scratch (it resumed the other run's checkpoints); the old run is kept
+    assert f"moved to {tmp_path / 'runs/exp05_a.stale-1'}; trains from scratch" in said[-3]
+    assert (tmp_path / "runs/exp05_a.stale-1/checkpoints/16").is_dir()
+    assert not (tmp_path / "runs/exp05_a/checkpoints").exists()
     # tracked elsewhere or not at all, or through a launcher: the same run, not stale
     for other in (Settings(root=str(tmp_path / "runs"), track=True, repo=str(tmp_path / "aim")),
                   Settings(root=str(tmp_path / "runs"), track=False, launcher="srun")):
@@ -127,6 +132,10 @@ def test_cli(tmp_path, capsys, fake_train):
     for flag in ("--jobs", "--steps"):  # also with --dry-run, which runs nothing
         assert main(["run", "exp05_a", "--dry-run", "--scale", "cpu", flag, "0"]) == 2
         assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["run", "exp05_a", "--dry-run", "--steps", "5"]) == 2  # was ignored
+    assert "--steps sets the steps of a CPU-scale run" in capsys.readouterr().err
+    assert main(["run", "", "--dry-run"]) == 2  # an unset $EXP: not the whole catalogue
+    assert "no experiment pattern given" in capsys.readouterr().err
     assert main(["run", "exp05_b", "--root", str(tmp_path / "r"), "--no-track"]) == 1
     assert "1 failed" in capsys.readouterr().out
 
@@ -211,6 +220,27 @@ def test_a_failure_after_an_unfinished_progress_bar_line_reads_as_its_error(tmp_
                     b"another run (pid 8033 on vm)\n")
     assert runner._last_line(log) == ("error: runs/x/checkpoints is in use by another run (pid "
                                       "8033 on vm)")
+
+
+def test_a_run_killed_by_a_signal_says_so(tmp_path, monkeypatch):
+    """A run killed (kill -9, the OOM killer) was summarised with the progress-bar fragment
+    its log ended on."""
+    fake = tmp_path / "train.py"
+    fake.write_text("import os, signal, sys\nsys.stderr.write(' 5%|#  | 1/20 [00:01<')\n"
+                    "sys.stderr.flush()\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setattr(runner, "TRAIN_PY", fake)
+    said: list[str] = []
+    runs = plan(select("exp05_a"), Settings(root=str(tmp_path / "runs"), track=False))
+    [outcome] = run_all(runs, jobs=1, poll_s=0.05, say=said.append)
+    assert (outcome.status, outcome.detail) == ("failed", "killed by SIGKILL")
+    assert "killed by SIGKILL; log " in said[-1]
+
+
+def test_a_blank_pattern_selects_nothing():
+    """An unset shell variable ("") selected the whole catalogue (78 full-size runs)."""
+    for blank in ("", ",", " ", ["", " "]):
+        with pytest.raises(ValueError, match="no experiment pattern given"):
+            select(blank)
 
 
 @pytest.mark.parametrize("module, argv, message", [
