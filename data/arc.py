@@ -127,7 +127,8 @@ def read_subset(arc_dir: Path, subset: str, *, solutions_optional: bool = False
             raise DataError(f"{where}: must have non-empty 'train' and 'test' lists")
         sols = solutions.get(tid)
         if not isinstance(sols, list) or len(sols) != len(task["test"]):
-            got = "none" if sols is None else (len(sols) if isinstance(sols, list) else "bad")
+            got = ("none" if sols is None else len(sols) if isinstance(sols, list) else
+                   f"a JSON {'object' if isinstance(sols, dict) else type(sols).__name__}")
             n = len(task["test"])
             raise DataError(f"{spath}, task {tid}: expected {n} solution grid"
                             f"{'s' if n != 1 else ''} (one per test input), got {got}")

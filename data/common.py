@@ -54,10 +54,11 @@ def require_file(path: Path) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or malformed file raises DataError naming it."""
+    """Parse a UTF-8 JSON file (a byte-order mark allowed, as in CSVs); a missing or
+    malformed file raises DataError naming it."""
     require_file(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None

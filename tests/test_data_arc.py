@@ -135,6 +135,9 @@ def test_bad_solutions_and_subsets(tmp_path):
     with pytest.raises(DataError, match="task t1: expected 1 solution grid \\(one per test "
                                         "input\\), got 0"):
         arc.read_subset(tmp_path, "training")
+    _one_task(tmp_path, GOOD, solutions={"t1": {"output": [[1]]}})
+    with pytest.raises(DataError, match="one per test input\\), got a JSON object$"):
+        arc.read_subset(tmp_path, "training")
     _one_task(tmp_path, GOOD, solutions={"t1": [[[2]]]})
     (tmp_path / "arc-agi_training_challenges.json").write_text(json.dumps({"t1": GOOD}))
     with pytest.raises(DataError, match="task t1, test\\[0\\].output differs from .*"
@@ -142,6 +145,11 @@ def test_bad_solutions_and_subsets(tmp_path):
         arc.read_subset(tmp_path, "training")
     (tmp_path / "arc-agi_training_solutions.json").write_text(json.dumps({"t1": [[[1]]]}))
     (task,) = arc.read_subset(tmp_path, "training")  # a test output the files agree on
+    assert task.test[0][1].tolist() == [[1]]
+    for name in ("challenges", "solutions"):  # saved by an editor that writes a UTF-8 BOM
+        path = tmp_path / f"arc-agi_training_{name}.json"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    (task,) = arc.read_subset(tmp_path, "training")
     assert task.test[0][1].tolist() == [[1]]
     _one_task(tmp_path, GOOD, solutions={"t1": [[[1]]], "zz": [[[1]]]})
     with pytest.raises(DataError, match="solutions.json: task zz has solutions but is not in "
