@@ -56,7 +56,8 @@ def checkpoint(tmp_path_factory, sudoku_dir):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("run"), sudoku_dir)
 
 
-def test_cli_evaluates_ema_or_raw_weights_of_a_checkpoint(checkpoint, sudoku_dir, tmp_path):
+def test_cli_evaluates_ema_or_raw_weights_of_a_checkpoint(checkpoint, sudoku_dir, tmp_path,
+                                                        capsys):
     aim = pytest.importorskip("aim")
     from aim.sdk.index_manager import RepoIndexManager
 
@@ -65,6 +66,7 @@ def test_cli_evaluates_ema_or_raw_weights_of_a_checkpoint(checkpoint, sudoku_dir
     common = ["--checkpoint-dir", str(ckpt), "--no-progress", "--out"]
     assert evaluate_cli.main(common + [str(out), "--track", "--aim-repo",
                                        str(tmp_path / "aim")]) == 0
+    assert capsys.readouterr().out.startswith(f"evaluated {ckpt} step 7 (ema weights)\n")
     doc = json.loads(out.read_text())
     assert doc["source"]["step"] == 7 and doc["source"]["weights"] == "ema"
     test = doc["sets"]["test"]
@@ -130,6 +132,9 @@ def test_official_config_without_data_set_sizes_takes_them_from_the_weights(sudo
 
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint-dir", "{tmp}/nowhere"], "no such checkpoint directory"),
+    (["--checkpoint-dir", "{ckpt}/7"], ("is the folder of one step; give its parent and the "
+                                        "step: --checkpoint-dir {ckpt} --step 7")),
+    (["--checkpoint-dir", "{ckpt}/7/config/metadata"], "is a file; give a checkpoint dir"),
     (["--checkpoint-dir", "{ckpt}", "--step", "3"], "no step 3"),
     (["--checkpoint-dir", "{ckpt}", "--split", "validation"], "unknown split"),
     (["--checkpoint-dir", "{ckpt}", "--batch-size", "3"], "multiple of the 8 devices"),
@@ -154,7 +159,8 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, sudoku_dir, tmp_pa
     rc = evaluate_cli.main([a.format(**fill) for a in args] + ["--out", str(out),
                                                                "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and message in err and "\n" not in err
+    assert rc == 2 and err.startswith("error: ") and message.format(**fill) in err
+    assert "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

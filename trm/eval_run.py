@@ -279,6 +279,14 @@ def track_results(tracker: Tracker, results: Mapping[str, SetResult], step: int,
                           {**context, "checkpoint_step": str(step)})
 
 
+def source_name(source: Mapping[str, Any]) -> str:
+    """The evaluated weights in words: '<checkpoint dir> step 7 (ema weights)' or
+    '<file> (official weights)'."""
+    step = f" step {source['step']}" if source.get("step") is not None else ""
+    return (f"{source.get('checkpoint_dir') or source.get('official_weights')}{step} "
+            f"({source['weights']} weights)")
+
+
 def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
     lines = []
     for split, r in results.items():
@@ -342,7 +350,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
                "sets": {split: r.to_json() for split, r in results.items()},
                "aim_run": tracker.run_hash}
         if jax.process_index() == 0:
-            print("\n".join(summary_lines(results)))
+            print("\n".join([f"evaluated {source_name(loaded.info)}", *summary_lines(results)]))
             _write_outputs(args, doc, results)
         track_results(tracker, results, int(loaded.info.get("step") or 0), loaded.info["weights"])
     finally:
@@ -352,10 +360,7 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
 
 def _write_outputs(args: EvalArgs, doc: dict[str, Any], results: Mapping[str, SetResult]) -> None:
     plot = args.plot or args.output_path("_per_step.png")
-    source = doc["source"]
-    title = (f"{source.get('checkpoint_dir') or source.get('official_weights')} "
-             f"step {source.get('step', '-')} ({source['weights']})")
-    plot_per_step(plot, {s: r.per_step for s, r in results.items()}, title)
+    plot_per_step(plot, {s: r.per_step for s, r in results.items()}, source_name(doc["source"]))
     doc["plot"] = str(plot)
     arc = {s: r.submission for s, r in results.items() if r.submission is not None}
     for split, submission in arc.items():

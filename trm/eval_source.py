@@ -136,8 +136,14 @@ def restore_checkpoint(directory: str | Path, step: int | None = None, raw_weigh
     stderr). Raises ValueError when the step, or every step, is unusable.
     """
     d = as_path(directory)  # a local path or a URL (gs://...)
+    if d.is_file():
+        raise FileNotFoundError(f"{d} is a file; give a checkpoint directory (a run's "
+                                "checkpoints/ folder)")
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such checkpoint directory")
+    if d.name.isdigit() and (d / "state").is_dir():  # one step's own folder
+        raise FileNotFoundError(f"{d} is the folder of one step; give its parent and the "
+                                f"step: --checkpoint-dir {d.parent} --step {d.name}")
     with _read_only(d, ModelConfig()) as probe:
         steps = probe.all_steps()
     if not steps:
