@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.storage import as_path, is_url, probe_write
+from data.storage import as_path, is_url, probe_write, scratch_dir
 
 PAD_ID = 0
 """Token 0 pads inputs; a label 0 is ignored (mapped to IGNORE_LABEL_ID by the pipeline)."""
@@ -120,7 +120,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = scratch_dir(out, "tmp")
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -129,7 +129,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         raise
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = scratch_dir(out, "old")
         os.replace(out, old / out.name)
     os.replace(tmp, out)
     if old is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +23,7 @@ from data.common import (
 )
 from data.maze_gen import generate_mazes
 from data.sources import HEADER
+from data.storage import scratch_dir
 from data.store import read_metadata_json
 
 _CHUNK = 50   # Sudoku puzzles per work unit; unit i uses seed (seed, i): worker-count invariant
@@ -165,8 +166,8 @@ def ensure_tiny_dataset(kind: Literal["sudoku", "maze"], out_dir: Path | str, *,
         raise DataError(f"unknown generated data set kind {kind!r} (sudoku or maze)")
     check_output_dir(out)  # before the generation, not after it
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.csv-", dir=out.parent) as tmp:
-        csv_dir = Path(tmp)
+    csv_dir = scratch_dir(out, "csv")
+    try:
         for split, count, split_seed in (("train", train_count, 2 * seed),
                                          ("test", test_count, 2 * seed + 1)):
             if kind == "sudoku":
@@ -185,4 +186,6 @@ def ensure_tiny_dataset(kind: Literal["sudoku", "maze"], out_dir: Path | str, *,
             if not (out / "metadata.json").is_file():
                 raise DataError(f"{out} exists and holds no data set; delete it or choose "
                                 "another directory") from None
+    finally:
+        shutil.rmtree(csv_dir, ignore_errors=True)
     return _existing(out, recipe)

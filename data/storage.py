@@ -10,9 +10,11 @@ refreshed when the remote `metadata.json` changes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -32,6 +34,29 @@ def as_path(path: str | os.PathLike[str]) -> epath.Path:
     if is_url(path):
         _require_backend(os.fspath(path))
     return epath.Path(path)
+
+
+def scratch_dir(out: Path, kind: str) -> Path:
+    """A new hidden directory next to `out` for work on it, named
+    `.<out name>.<kind>-<host>-<pid>-XXXXXXXX`; the caller removes it. First removes the
+    directories of that kind a process of this host left there when it died without cleaning
+    up (kill -9, the OOM killer; a dead pid; other hosts' are left alone)."""
+    prefix = f".{out.name}.{kind}-{socket.gethostname()}-"
+    for left in Path(out.parent).glob(glob.escape(prefix) + "*"):
+        pid = left.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def probe_write(directory: str | os.PathLike[str], *, name: str = ".trm-write-probe",
@@ -89,7 +114,7 @@ def local_copy(path: str | os.PathLike[str]) -> Path:
     if (dest / "metadata.json").is_file() and (dest / "metadata.json").read_bytes() == wanted:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = scratch_dir(dest, "tmp")
     try:
         _copy_tree(src, tmp)
         shutil.rmtree(dest, ignore_errors=True)

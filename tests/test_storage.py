@@ -180,3 +180,30 @@ def test_a_url_without_its_file_system_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: nosuchfs://bucket/run/checkpoints: ")
     assert "\n" not in err and not out.exists()
+
+
+def test_scratch_dirs_left_by_dead_processes_of_this_host_are_removed(tmp_path):
+    """kill -9 during a data set's generation left `.ds.csv-XXXX` next to it for good: the
+    next scratch directory of that kind removes those whose process is gone (this host's
+    only; live processes' and other hosts' stay)."""
+    import socket
+    import subprocess
+
+    from data.storage import scratch_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    out = tmp_path / "ds"
+    left = {name: tmp_path / name for name in (
+        f".ds.csv-{host}-{dead.stdout.strip()}-abc",  # its process ended: removed
+        f".ds.csv-{host}-{os.getpid()}-def",          # alive (this one)
+        f".ds.csv-other-host-{dead.stdout.strip()}-ghi",  # another host's: not ours to judge
+        f".ds.tmp-{host}-{dead.stdout.strip()}-jkl",  # another kind: its own calls tidy it
+        ".ds.csv-abcdef")}                            # an older version's name
+    for d in left.values():
+        (d / "train.csv").parent.mkdir()
+        (d / "train.csv").write_text("x")
+    new = scratch_dir(out, "csv")
+    assert new.is_dir() and new.name.startswith(f".ds.csv-{host}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, *list(left)[1:]])
