@@ -152,8 +152,8 @@ def _run(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     runs = plan(select(args.patterns), settings)
-    if not args.dry_run and not is_url(settings.run_root):
-        check_can_write_in(settings.run_root)  # before any data set or run starts
+    if not is_url(settings.run_root):  # before any data set or run starts; a dry run too
+        check_can_write_in(settings.run_root)  # (its probe leaves nothing behind)
     if args.dry_run:
         for r in runs:
             step = None if r.finished() else r.saved_step()

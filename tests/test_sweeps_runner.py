@@ -145,6 +145,10 @@ def test_unwritable_places_are_one_line_before_any_work(tmp_path, capsys):
     assert main(["run", "exp05_a", "--scale", "cpu", "--root", "/proc/no_such_root"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: cannot write /proc/no_such_root: No such file or directory: /proc/no_such_root")
+    for dry_run in ([], ["--dry-run"]):  # a dry run said "to run" where the run would stop
+        assert main(["run", "exp05_a", "--root", str(tmp_path / "a_file"), *dry_run]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'a_file'} is a file")
+    assert main(["run", "exp05_a", "--dry-run", "--root", str(tmp_path / "new/root")]) == 0
     assert main(["analyze", "exp05", "--scale", "cpu", "--repo", str(tmp_path / "aim"),
                  "--out", str(tmp_path / "a_file")]) == 2
     assert capsys.readouterr().err.strip() == (
