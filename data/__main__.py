@@ -6,7 +6,6 @@ Bad input prints one `error: ...` line and exits with status 1 (no traceback, no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -107,7 +106,12 @@ def _run(args: argparse.Namespace) -> str:
         else:
             meta = build.build_arc(args.arc_dir, args.subsets, args.test_subset, args.out,
                                    progress=args.progress, official_rng=official, **common)
-        lines = [f"wrote {args.out}: " + json.dumps(meta), build.leak_line(meta["leaks"])]
+        unit = "tasks" if meta["name"] == "arc" else "puzzles"
+        splits = ", ".join(f"{name} {split['total_groups']} {unit} ({split['total_puzzles']} "
+                           "with augmented copies)" for name, split in meta["splits"].items())
+        lines = [(f"wrote {args.out}: {meta['name']}, seq_len {meta['seq_len']}, vocabulary "
+                 f"{meta['vocab_size']}; {splits} (all in {args.out}/metadata.json)"),
+                 build.leak_line(meta["leaks"])]
         unknown, pairs = (meta["build"].get(k, 0) for k in ("unknown_test_outputs", "test_pairs"))
         if unknown:
             scored = ("nothing" if unknown == pairs else "only the known ones (pass@K: the "

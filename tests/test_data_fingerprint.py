@@ -93,7 +93,7 @@ def test_evaluate_and_solve_refuse_another_data_set_unless_allowed(arc_sets, che
     assert evaluate_cli.main(solve + ["nope", "--allow-data-mismatch"]) == 2
     warning, error = capsys.readouterr().err.splitlines()
     assert warning.startswith("warning: ") and warning.endswith("(--allow-data-mismatch)")
-    assert error.startswith("error: ") and "no test task 'nope'" in error
+    assert error.startswith("error: ") and "'nope' is not one of its tasks" in error
 
 
 def test_a_data_set_the_model_cannot_read_is_refused_without_the_flag_hint(arc_sets, tmp_path):

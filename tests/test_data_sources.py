@@ -241,8 +241,13 @@ def test_leak_report_counts_equivalent_test_puzzles_and_strict_refuses(tmp_path,
     generate.write_sudoku_csv(gen_te, 3, seed=1, workers=1, progress=False)
     assert main(["build", "sudoku", "--train-csv", str(gen_tr), "--test-csv", str(gen_te),
                  "--out", str(tmp_path / "g"), "--strict"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (
         "leak check: 0 of 3 test puzzles equal a training puzzle (same solution up to "
         "relabelling, transpose, band/stack and row/column permutations)")
+    assert out[-2] == (  # the whole metadata.json on one line buried the leak check
+        f"wrote {tmp_path / 'g'}: sudoku, seq_len 81, vocabulary 11; train 6 puzzles (6006 with "
+        f"augmented copies), test 3 puzzles (3 with augmented copies) (all in "
+        f"{tmp_path / 'g'}/metadata.json)")
     mazes = write_csv(tmp_path / "m.csv", maze_rows(2))
     assert build.build_maze(mazes, mazes, tmp_path / "m")["leaks"]["test_in_train"] == 2

@@ -127,8 +127,10 @@ def test_arc_task(tmp_path):
     assert imread(tmp_path / "arc.png").shape[:2] == size[::-1] == strip_size(4)[::-1]
     with pytest.raises(ValueError, match="test input"):
         arc_puzzle(d, "ev0", 2)
-    with pytest.raises(ValueError, match="no test task"):
-        arc_puzzle(d, "tr0", 0)                               # a training task
+    with pytest.raises(ValueError, match="'tr0' is a training task; --arc-task takes a test"):
+        arc_puzzle(d, "tr0", 0)
+    with pytest.raises(ValueError, match="'nope' is not one of its tasks \\(its test tasks: "):
+        arc_puzzle(d, "nope", 0)
 
 
 def test_cli(checkpoint, tmp_path, capsys):
@@ -140,6 +142,8 @@ def test_cli(checkpoint, tmp_path, capsys):
     two_s, no_g = tmp_path / "two_s.txt", tmp_path / "no_g.txt"
     two_s.write_text("\n".join(["#SS##"] + MAZE_Q[1:]) + "\n")
     no_g.write_text("\n".join(MAZE_Q[:-1] + ["#   #"]) + "\n")
+    maze = tmp_path / "maze.txt"  # a valid maze, for a model of Sudokus
+    maze.write_text("\n".join(MAZE_Q) + "\n")
     wrong = SOLUTION[1:] + SOLUTION[0]                   # every row shifted: keeps no clue
     for bad, message in (
             (["--sudoku", "123"], "Sudoku puzzle has 3 characters, expected 81"),
@@ -153,6 +157,9 @@ def test_cli(checkpoint, tmp_path, capsys):
              "Sudoku solution character '.' at position 80"),
             (["--maze", str(two_s)], "two_s.txt: maze must have exactly one start 'S'"),
             (["--maze", str(no_g)], "no_g.txt: maze must have exactly one goal 'G'"),
+            (["--maze", str(maze)], ("this maze puzzle does not fit the model: it is 25 tokens "
+                                    "with ids up to 4, the model reads 81 tokens with ids "
+                                    "below 11")),
             (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one"),
             (["--sudoku", QUESTION, "--out", str(tmp_path)], "is a directory; give a file")):
         assert evaluate_cli.main(args + bad) == 2

@@ -99,8 +99,11 @@ def arc_puzzle(data_dir: str | Path, task_id: str, test_index: int) -> Puzzle:
                          "(give --data-dir)")
     pairs = arc_pairs(data_dir, "test")
     if task_id not in pairs:
-        raise ValueError(f"{data_dir}: no test task {task_id!r} (e.g. "
-                         f"{', '.join(list(pairs)[:5])})")
+        training = task_id in arc_pairs(data_dir, "train")
+        raise ValueError(f"{data_dir}: {task_id!r} is "
+                         + ("a training task; --arc-task takes a test task" if training else
+                            "not one of its tasks")
+                         + f" (its test tasks: e.g. {', '.join(list(pairs)[:5])})")
     if not 0 <= test_index < len(pairs[task_id]):
         raise ValueError(f"task {task_id} has {len(pairs[task_id])} test input(s), "
                          f"not index {test_index}")
@@ -127,9 +130,10 @@ def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
     """Run the eval rollout (all halt_max_steps steps) on one puzzle."""
     c = model.config
     if puzzle.inputs.size != c.seq_len or puzzle.inputs.max() >= c.vocab_size:
-        raise ValueError(f"the model reads {c.seq_len} tokens of vocabulary {c.vocab_size}; "
-                         f"this {puzzle.kind} puzzle has {puzzle.inputs.size} tokens up to "
-                         f"{puzzle.inputs.max()}")
+        raise ValueError(f"this {puzzle.kind} puzzle does not fit the model: it is "
+                         f"{puzzle.inputs.size} tokens with ids up to {puzzle.inputs.max()}, the "
+                         f"model reads {c.seq_len} tokens with ids below {c.vocab_size} (a "
+                         "checkpoint trained on this kind and size of puzzle is needed)")
     if puzzle.puzzle_identifier >= c.num_puzzle_identifiers:
         raise ValueError(f"puzzle identifier {puzzle.puzzle_identifier} is outside the model's "
                          f"{c.num_puzzle_identifiers}")
