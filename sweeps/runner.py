@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from etils import epath
 
@@ -28,7 +29,8 @@ from sweeps.catalog import PRESET, Experiment, aliases, canonical
 from sweeps.configs import override, tyro_flags
 from sweeps.launch import bash_launch_line, launch_argv
 from sweeps.scale import scale_cpu
-from trm.config import ConfigError
+from trm.config import ConfigError, flag_name
+from trm.config_diff import to_json
 from trm.presets import PRESETS
 from trm.run_config import RunConfig, parse_cli
 from trm.tracking import repo_data_dir
@@ -138,16 +140,36 @@ class PlannedRun:
         """Finished with another command line than the current one, one that trains another
         run: where it was tracked (`--track`, `--repo`) and the devices (`--launcher`) do not
         count."""
+        return self.stale_changes() is not None
+
+    def stale_changes(self) -> list[str] | None:
+        """None unless `stale`; else the settings that differ, '--flag finished -> now' (none
+        named when the finished line no longer parses)."""
         text = self.marker.read_text().strip() if self.finished() else ""
         if not text or shlex.split(text) == ["train.py", *self.argv]:
-            return False
+            return None
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # tyro's report of a bad line
                 done = parse_cli(shlex.split(text)[1:])
         except (SystemExit, ValueError, ConfigError):  # a line this version no longer parses
-            return True
-        return dataclasses.replace(done, tracking=self.config.tracking,
-                                   mesh=self.config.mesh) != self.config
+            return []
+        done = dataclasses.replace(done, tracking=self.config.tracking, mesh=self.config.mesh)
+        if done == self.config:
+            return None
+        before, now = _flat(to_json(done)), _flat(to_json(self.config))
+        return [f"{flag_name(k)} {before.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"section.field": value} of a nested config dict."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def run_config(e: Experiment | str, settings: Settings) -> RunConfig:
@@ -316,8 +338,10 @@ def run_all(runs: Sequence[PlannedRun], *, jobs: int = 1, force: bool = False,
         if r.finished() and not force:
             outcomes.append(Outcome(r, "stale" if r.stale() else "skipped",
                                     detail=f"{r.marker} exists"))
-            say(f"[{r.name}] " + (f"finished with another command line, skipped ({r.marker}; "
-                                  "--force reruns it)" if r.stale() else
+            changes = r.stale_changes()
+            differing = f" ({', '.join(changes)})" if changes else ""
+            say(f"[{r.name}] " + (f"finished with another command line{differing}, skipped "
+                                  f"({r.marker}; --force reruns it)" if changes is not None else
                                   f"finished, skipped ({r.marker})"))
         else:
             if r.finished() and r.stale():  # its checkpoints are another run's

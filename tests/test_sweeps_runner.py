@@ -80,6 +80,11 @@ def test_run_all_keeps_going_after_a_failure_and_skips_finished_runs(tmp_path, f
     lr = plan(select("exp05_a"), Settings(root=str(tmp_path / "runs"), track=False))[0]
     (tmp_path / "runs/exp05_a/DONE").write_text(lr.command + " --optim.lr 0.5\n")
     assert runs[0].stale()
+    assert runs[0].stale_changes() == [f"--optim.lr 0.5 -> {runs[0].config.optim.lr!r}"]
+    said.clear()
+    run_all(runs[:1], poll_s=0.05, say=said.append)  # the skip names what differs
+    assert f"another command line (--optim.lr 0.5 -> {runs[0].config.optim.lr!r}), skipped" \
+        in said[0]
 
 
 def test_generated_script_runs_and_reports_failures(tmp_path, fake_train):
