@@ -131,7 +131,8 @@ def _show(args: argparse.Namespace) -> None:
 
 def _script(args: argparse.Namespace, argv: Sequence[str]) -> None:
     from sweeps.catalog import select
-    from sweeps.runner import plan, script
+    from sweeps.runner import plan
+    from sweeps.script import script
 
     runs = plan(select(args.patterns), _settings(args))
     if args.dry_run:

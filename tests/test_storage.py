@@ -144,6 +144,7 @@ def test_evaluation_reads_a_data_url_and_writes_its_outputs_to_a_url(bucket, tmp
 def test_sweeps_keep_done_markers_at_a_url_root_and_logs_here(bucket, tmp_path, monkeypatch):
     from sweeps import runner
     from sweeps.catalog import select
+    from sweeps.script import script
 
     fake = tmp_path / "train.py"
     fake.write_text("import sys\nprint('training', sys.argv[-1])\n")
@@ -157,7 +158,7 @@ def test_sweeps_keep_done_markers_at_a_url_root_and_logs_here(bucket, tmp_path, 
     again = runner.run_all(runs, poll_s=0.05, say=lambda _: None)
     assert [o.status for o in again] == ["skipped"]
     with pytest.raises(ValueError, match="give a local --root"):
-        runner.script(runs, "x")
+        script(runs, "x")
 
 
 def test_a_url_without_its_file_system_is_one_error_line(tmp_path, capsys):

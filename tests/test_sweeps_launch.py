@@ -16,7 +16,8 @@ from sweeps import runner
 from sweeps.__main__ import main
 from sweeps.catalog import select
 from sweeps.launch import bash_launch_line, launch_argv
-from sweeps.runner import Settings, plan, run_all, script
+from sweeps.runner import Settings, plan, run_all
+from sweeps.script import script
 
 GCLOUD = ('gcloud compute tpus tpu-vm ssh my-pod --zone us-central2-b --worker=all '
           '--command "cd ~/trm && {cmd}"')

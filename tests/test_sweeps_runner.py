@@ -11,7 +11,8 @@ import pytest
 from sweeps import runner
 from sweeps.__main__ import main
 from sweeps.catalog import select
-from sweeps.runner import Settings, plan, report, run_all, script
+from sweeps.runner import Settings, plan, report, run_all
+from sweeps.script import script
 
 FAKE_TRAIN = """\
 import sys, time

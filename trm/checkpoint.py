@@ -11,7 +11,8 @@ Each step directory holds three items:
   saved with its evaluation's metrics (orbax keeps the metrics), "digests": ...}`. A restore whose
   requested ModelConfig (or state-shaping run setting) differs from the stored one is refused,
   naming the flags; `digests` (`trm.integrity`) are checked after a restore.
-Retention: the `keep_last` most recent steps, plus the best step by `keep_best_metric`.
+Retention (`trm.retention`): the `keep_last` most recent steps, the best step by
+`keep_best_metric`, and the steps whose metrics file is unreadable.
 
 A step that cannot be read, does not match its digests or holds non-finite numbers raises
 `UnusableCheckpoint`; `restore_newest_usable` then falls back to the newest usable step.
@@ -20,9 +21,7 @@ A step that cannot be read, does not match its digests or holds non-finite numbe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -34,11 +33,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
-from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from data.common import atomic_file
 from data.storage import as_path, is_url
-from trm.cli import RunFailed
+from trm.cli import RunFailed, short_reason
 from trm.config import ModelConfig, upgrade_model_fields
 from trm.config_diff import (
     MODEL_TRAJECTORY,
@@ -49,6 +47,7 @@ from trm.config_diff import (
 )
 from trm.integrity import all_finite, digest_mismatches, digests
 from trm.orbax_noise import stderr_kept_on_success
+from trm.retention import MetricsTolerantManager, best_metric, preservation
 from trm.run_config import CheckpointConfig, RunConfig
 
 T = TypeVar("T")
@@ -77,43 +76,6 @@ def abstract_arrays(template: T, sharding: jax.sharding.Sharding | None = None) 
     return jax.tree.map(to_abstract, eqx.filter(template, _is_array_like))
 
 
-def _best_metric(cfg: CheckpointConfig) -> Callable[[dict[str, float]], float] | None:
-    """The value of --checkpoint.keep-best-metric in a step's metrics (the worst without it)."""
-    if cfg.keep_best_metric is None:
-        return None
-    key = cfg.keep_best_metric
-    worst = -math.inf if cfg.best_mode == "max" else math.inf
-
-    def metric(metrics: dict[str, float]) -> float:
-        return float(metrics.get(key, worst))
-    return metric
-
-
-@dataclasses.dataclass
-class _KeepSteps:
-    """Preserves the steps in `steps` (a set that may grow later; orbax's CustomSteps copies
-    its steps when made)."""
-
-    steps: set[int]
-
-    def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
-        return [c.step in self.steps for c in checkpoints]
-
-
-def _preservation(cfg: CheckpointConfig, unranked: set[int],
-                  ) -> policies.LatestN | policies.AnyPreservationPolicy:
-    """The `keep_last` latest steps, and with a best metric the best step and the `unranked`
-    steps (their metrics are unreadable: one of them may be the best)."""
-    latest = policies.LatestN(n=cfg.keep_last)
-    metric = _best_metric(cfg)
-    if metric is None:
-        return latest
-    # BestN keeps the last n after an ascending sort (reverse=True: the smallest).
-    best = policies.BestN(get_metric_fn=metric, reverse=cfg.best_mode != "max", n=1,
-                          keep_checkpoints_without_metrics=False)
-    return policies.AnyPreservationPolicy([latest, best, _KeepSteps(unranked)])
-
-
 class UnusableCheckpoint(ValueError):
     """A saved step that cannot be read, fails its checksums or holds non-finite numbers."""
 
@@ -126,13 +88,6 @@ class SaveFailed(RunFailed):
     """Writing a checkpoint failed (read-only or full storage, ...)."""
 
 
-def short_reason(e: BaseException, limit: int = 160) -> str:
-    """One line from any exception: the type and first message line of its root cause, cut."""
-    while e.__cause__ is not None or e.__context__ is not None:
-        e = e.__cause__ or e.__context__
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def newest_usable(steps: list[int], load: Callable[[int], R], directory: str,
@@ -154,30 +109,6 @@ def newest_usable(steps: list[int], load: Callable[[int], R], directory: str,
         return step, result
     raise ValueError(f"no usable checkpoint in {directory}: "
                      + "; ".join(f"step {e.step}: {e.reason}" for e in skipped))
-
-
-class _Manager(ocp.CheckpointManager):
-    """orbax's CheckpointManager reading a step's unreadable metrics file (garbled JSON, not
-    an object of numbers) as no metrics, reported once to `unreadable(step, reason)`: orbax
-    reads every step's metrics when it loads the directory and raised, so one damaged file
-    stopped every restore and resume. Overrides orbax's one reader of that file (the
-    orbax-checkpoint versions pinned in pyproject.toml)."""
-
-    def __init__(self, *args: Any, unreadable: Callable[[int, str], None], **kwargs: Any):
-        self._unreadable = unreadable  # before __init__: it reads the metrics
-        super().__init__(*args, **kwargs)
-
-    def _get_metrics(self, step: int) -> Any:
-        try:
-            metrics = super()._get_metrics(step)
-        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-            self._unreadable(step, short_reason(e))
-            return None
-        if metrics is not None and not (isinstance(metrics, dict) and all(
-                isinstance(v, int | float) for v in metrics.values())):
-            self._unreadable(step, "not a JSON object of numbers")
-            return None
-        return metrics
 
 
 class Checkpointer:
@@ -202,10 +133,10 @@ class Checkpointer:
         self._unreadable_metrics: set[int] = set()
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=cfg.async_save,
-            preservation_policy=_preservation(cfg, self._unreadable_metrics),
+            preservation_policy=preservation(cfg, self._unreadable_metrics),
             # with best_fn orbax also writes each step's metrics to disk (else it ranks only
             # the steps saved by this process: a resumed run lost its best step)
-            best_fn=_best_metric(cfg), best_mode=cfg.best_mode,
+            best_fn=best_metric(cfg), best_mode=cfg.best_mode,
             create=not read_only, read_only=read_only,
             # a save cut short (full disk, kill) leaves a temporary directory; a reader must
             # not remove it: it may be the save a running training is writing
@@ -215,12 +146,12 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         self._read_only = read_only
         self._root = as_path(directory if is_url(directory) else os.path.abspath(directory))
-        self._manager = _Manager(self._root, options=options, item_names=_ITEMS,
+        self._manager = MetricsTolerantManager(self._root, options=options, item_names=_ITEMS,
                                  unreadable=self._metrics_unreadable)
 
     def _metrics_unreadable(self, step: int, reason: str) -> None:
         """One notice per damaged metrics file (a training's: an evaluation needs no
-        metrics); the step counts as not evaluated and is kept (`_preservation`)."""
+        metrics); the step counts as not evaluated and is kept (`trm.retention.preservation`)."""
         if step in self._unreadable_metrics:
             return
         self._unreadable_metrics.add(step)

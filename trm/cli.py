@@ -219,3 +219,12 @@ def os_error_line(e: OSError) -> str:
     """'PATH: reason' (or the reason alone) for an OSError."""
     reason = e.strerror or str(e)
     return f"{e.filename}: {reason}" if e.filename is not None else reason
+
+
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """One line from any exception: the type and first message line of its root cause, cut."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."

@@ -38,8 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm.checkpoint import short_reason
-from trm.cli import argument_parser
+from trm.cli import argument_parser, short_reason
 from trm.config import ConfigError, ModelConfig
 from trm.loss import loss_head
 from trm.models import ACTModel, Carry

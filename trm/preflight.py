@@ -26,8 +26,7 @@ import jax
 import numpy as np
 
 from data.storage import is_url, local_copy, probe_write
-from trm.checkpoint import short_reason
-from trm.cli import BLOCKING_THREAD, RunFailed
+from trm.cli import BLOCKING_THREAD, RunFailed, short_reason
 from trm.config import ConfigError, flag_name
 from trm.config_diff import to_json
 from trm.run_config import MeshConfig, RunConfig
