@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -19,7 +22,8 @@ import evaluate as evaluate_cli
 from data import fingerprint
 from data.pipeline import load_metadata
 from trm.checkpoint import Checkpointer
-from trm.eval_run import EvalArgs, evaluate_split
+from trm.cli import parse_args
+from trm.eval_run import EvalArgs, evaluate_split, planned_batches
 from trm.loop import model_config_for
 from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
@@ -313,3 +317,41 @@ def test_each_arc_split_gets_its_own_submission_file(tmp_path):
     every = EvalArgs(checkpoint_dir="c", out="res.json", split=("train", "test"), **named)
     assert {str(tmp_path / n) for n in ("sub_train.json", "sub_test.json")} <= set(
         every.output_files())
+
+
+def test_the_eval_batch_is_known_before_jax_starts(checkpoint, sudoku_dir, tmp_path):
+    """evaluate.py splits the CPU into devices dividing the batch it will use; without
+    --batch-size that is the run's, read from the stored configs as plain JSON."""
+    ckpt, _ = checkpoint
+    def planned(*flags: str) -> tuple[int, ...]:
+        return planned_batches(parse_args(EvalArgs, list(flags), "evaluate.py"))
+
+    assert planned("--checkpoint-dir", str(ckpt)) == (8,)
+    assert planned("--checkpoint-dir", str(ckpt), "--batch-size", "6") == (6,)
+    assert planned("--official-weights", str(tmp_path / "w.npz")) == (768,)
+    assert planned("--checkpoint-dir", "gs://b/run") == ()
+
+    many = tmp_path / "ckpt"
+    shutil.copytree(ckpt, many)
+    shutil.copytree(many / "7", many / "9")
+    config = many / "9" / "config" / "metadata"
+    doc = json.loads(config.read_text())
+    doc["run"]["eval"]["batch_size"] = None
+    doc["run"]["optim"]["global_batch_size"] = 12
+    config.write_text(json.dumps(doc))
+    shutil.copytree(many / "7", many / "11")
+    (many / "11" / "config" / "metadata").write_text("{garbled")
+    assert planned("--checkpoint-dir", str(many)) == (8, 12)
+
+
+@pytest.mark.slow
+def test_cli_without_batch_size_splits_the_cpu_like_train_py(checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    out = tmp_path / "res.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run([sys.executable, "evaluate.py", "--checkpoint-dir", str(ckpt),
+                    "--no-progress", "--out", str(out)], env=env, check=True,
+                   cwd=Path(evaluate_cli.__file__).parent, capture_output=True)
+    cores = len(os.sched_getaffinity(0))
+    assert json.loads(out.read_text())["devices"] == max(
+        n for n in range(1, cores + 1) if 8 % n == 0)

@@ -57,6 +57,28 @@ R = TypeVar("R")
 _ITEMS = ("state", "data_iter", "config")
 
 
+def peek_run_configs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The "run" part of every step's config JSON under a local checkpoint directory, read as
+    plain files (orbax's `<step>/config/metadata`) without starting JAX; steps whose config
+    cannot be read are left out, and a URL or missing directory gives []. For settings needed
+    before JAX starts (the CPU device split); the restore itself reads and checks them again."""
+    if is_url(str(directory)) or not os.path.isdir(directory):
+        return []
+    runs = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name, _ITEMS[2], "metadata")
+        if not name.isdigit() or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                run = json.load(f).get("run")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(run, dict):
+            runs.append(run)
+    return runs
+
+
 def _is_array_like(x: Any) -> bool:
     return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 

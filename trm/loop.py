@@ -153,7 +153,7 @@ def evaluate(model: ACTModel, data_dir: Path, cfg: RunConfig, mesh: Mesh, *,
     from trm.arc_eval import write_submission
     from trm.eval_run import evaluate_split  # imported here: it imports this module
 
-    batch_size = cfg.eval.batch_size or cfg.optim.global_batch_size
+    batch_size = cfg.eval_batch_size
     results = {}
     for split in cfg.eval.eval_sets:
         r = evaluate_split(model, data_dir, split, mesh, batch_size=batch_size,

@@ -292,6 +292,11 @@ class RunConfig:
     max_steps: int | None = None
     """Stop after this many steps (the lr schedule still spans all epochs; None: all)."""
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Global evaluation batch: eval.batch_size, else optim.global_batch_size."""
+        return self.eval.batch_size or self.optim.global_batch_size
+
     def __post_init__(self) -> None:
         o, e = self.optim, self.eval
         if self.mesh.data > 0:
