@@ -57,7 +57,7 @@ def tiny_model(config: ModelConfig, seed: int = 0) -> ACTModel:
 # Storage faults: damaged checkpoints, directories whose writes fail
 
 
-def _largest_file(directory: Path) -> Path:
+def largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
@@ -82,7 +82,7 @@ def damage_step(step_dir: Path, kind: str) -> None:
     """Damage one saved step in place: truncate / garble / flip bytes of the largest array
     file, flip one bit of a stored weight (written through tensorstore, so it decodes), delete
     an item or the OCDBT manifest, garble an item's metadata file."""
-    data = _largest_file(step_dir / "state" / "ocdbt.process_0" / "d")
+    data = largest_file(step_dir / "state" / "ocdbt.process_0" / "d")
     if kind == "truncate":
         os.truncate(data, data.stat().st_size // 2)
     elif kind == "empty":

@@ -3,8 +3,10 @@ damaged, non-finite and unwritable checkpoints."""
 
 import contextlib
 import logging
+import os
 import shutil
 import time
+from pathlib import Path
 
 import equinox as eqx
 import grain
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import DAMAGE, damage_step, unwritable
+from helpers import DAMAGE, damage_step, largest_file, unwritable
 
 from trm.checkpoint import Checkpointer, SaveFailed, UnusableCheckpoint
 from trm.config import ModelConfig
@@ -303,3 +305,40 @@ def test_ema_rate_differs_only_while_ema_is_on():
                            TRAJECTORY) == ["--optim.ema-rate stored 0.999, requested 0.9"]
     assert run_differences(run(True, 0.999), RunConfig(optim=OptimConfig(ema=False, ema_rate=0.9))
                            ) == ["--optim.ema stored True, requested False"]
+
+
+def _restore_notice(directory) -> str:
+    notices = []
+    with Checkpointer(directory, CheckpointConfig(), MODEL_CFG, RunConfig(model=MODEL_CFG)) as c:
+        step, _ = c.restore_newest_usable(
+            eqx.filter_eval_shape(_make_state, jax.random.key(1), 128), notice=notices.append)
+    assert step == 1 and len(notices) == 1
+    return notices[0]
+
+
+def test_an_unreadable_step_is_named_not_called_a_type_mismatch(two_steps, tmp_path,
+                                                                 monkeypatch):
+    """Orbax reports a state it may not read as a tree type mismatch; the notice names the
+    file instead. (Permissions do not bind root: a denied read is simulated on a damaged
+    file; the next test makes the folder unreadable for real where it can.)"""
+    source, _ = two_steps
+    shutil.copytree(source, tmp_path / "c")
+    denied = largest_file(tmp_path / "c" / "2" / "state" / "ocdbt.process_0" / "d")
+    damage_step(tmp_path / "c" / "2", "garble")
+    real_access = os.access
+    monkeypatch.setattr("trm.checkpoint.os.access",
+                        lambda p, mode: Path(p) != denied and real_access(p, mode))
+    assert f"step 2 is unusable: permission denied: cannot read {denied}" in _restore_notice(
+        tmp_path / "c")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_state_folder_without_read_permission_is_named(two_steps, tmp_path):
+    source, _ = two_steps
+    shutil.copytree(source, tmp_path / "c")
+    state = tmp_path / "c" / "2" / "state"
+    state.chmod(0)
+    try:
+        assert f"permission denied: cannot read {state}" in _restore_notice(tmp_path / "c")
+    finally:
+        state.chmod(0o755)

@@ -79,6 +79,20 @@ def peek_run_configs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return runs
 
 
+def first_unreadable(directory: epath.Path | str) -> str | None:
+    """The first file or folder under a local `directory` (itself included) that this process
+    may not read (or, a folder, enter), else None; None for a URL. Orbax reports such a step
+    as a type mismatch of the restored tree, so a failed restore names it instead."""
+    if is_url(str(directory)):
+        return None
+    for root, dirs, files in os.walk(directory, onerror=lambda e: None):
+        for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            mode = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+            if not os.access(path, mode):
+                return path
+    return None
+
+
 def _is_array_like(x: Any) -> bool:
     return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
@@ -263,7 +277,9 @@ class Checkpointer:
             with stderr_kept_on_success():
                 arrays = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
         except Exception as e:  # orbax and tensorstore raise many kinds
-            raise UnusableCheckpoint(step, short_reason(e)) from e
+            unreadable = first_unreadable(self._root / str(step))
+            raise UnusableCheckpoint(step, short_reason(e) if unreadable is None else
+                                     f"permission denied: cannot read {unreadable}") from e
         damaged = digest_mismatches(stored["digests"], arrays) if "digests" in stored else []
         if damaged:
             raise UnusableCheckpoint(step, f"{len(damaged)} array(s) do not match their "
