@@ -17,7 +17,7 @@ from data.pipeline import arc_pairs, load_metadata, task_ids
 from data.store import read_arc
 from trm.eval_source import ModelSource, load_model
 from trm.render import HIGHLIGHT, cell_box, cells, draw_strip, strip_panels, strip_size
-from trm.solve import arc_puzzle, describe, maze_puzzle, solve, sudoku_puzzle
+from trm.solve import Trace, arc_puzzle, describe, maze_puzzle, solve, sudoku_puzzle
 
 SOLUTION = "".join(map(str, solved_sudoku(5).ravel()))
 QUESTION = "".join("." if k % 3 == 0 else c for k, c in enumerate(SOLUTION))
@@ -69,7 +69,8 @@ def test_sudoku_strip_and_text(checkpoint, tmp_path):
     assert trace.step_preds.shape == (steps, 81) and trace.exact.shape == (steps,)
     text = describe(trace)
     assert all(f"step {k:2d}  q_halt" in text for k in range(1, steps + 1))
-    panels = strip_panels("sudoku", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    panels = strip_panels("sudoku", puzzle.inputs, trace.step_preds, trace.halt_margin,
+                          puzzle.labels)
     assert len(panels) == steps + 2
     path = tmp_path / "sudoku.png"
     size = draw_strip(path, "sudoku", panels, cells("sudoku", puzzle.inputs))
@@ -85,7 +86,8 @@ def test_maze_file(tmp_path):
     model = tiny_model(tiny_config(vocab_size=6, seq_len=25, num_puzzle_identifiers=1,
                                    L_layers=1, H_cycles=1, L_cycles=1, halt_max_steps=2))
     trace = solve(model, puzzle)
-    panels = strip_panels("maze", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    panels = strip_panels("maze", puzzle.inputs, trace.step_preds, trace.halt_margin,
+                          puzzle.labels)
     np.testing.assert_array_equal(cells("maze", puzzle.labels),
                                   [["# SGo".index(c) for c in row] for row in MAZE_A])
     size = draw_strip(tmp_path / "maze.png", "maze", panels)
@@ -121,7 +123,8 @@ def test_arc_task(tmp_path):
                                    L_cycles=1, num_heads=2, halt_max_steps=2,
                                    num_puzzle_identifiers=load_metadata(d).num_puzzle_identifiers))
     trace = solve(model, puzzle)
-    panels = strip_panels("arc", puzzle.inputs, trace.step_preds, trace.q_halt, puzzle.labels)
+    panels = strip_panels("arc", puzzle.inputs, trace.step_preds, trace.halt_margin,
+                          puzzle.labels)
     assert panels[-1].title == "target" and panels[-1].grid.shape == grid_out.shape
     size = draw_strip(tmp_path / "arc.png", "arc", panels)
     assert imread(tmp_path / "arc.png").shape[:2] == size[::-1] == strip_size(4)[::-1]
@@ -144,6 +147,8 @@ def test_cli(checkpoint, tmp_path, capsys):
     no_g.write_text("\n".join(MAZE_Q[:-1] + ["#   #"]) + "\n")
     maze = tmp_path / "maze.txt"  # a valid maze, for a model of Sudokus
     maze.write_text("\n".join(MAZE_Q) + "\n")
+    maze9 = tmp_path / "maze9.txt"  # 81 tokens with ids below 11: it fits, but is no Sudoku
+    maze9.write_text("\n".join(["#S#######"] + ["#       #"] * 7 + ["#######G#"]) + "\n")
     wrong = SOLUTION[1:] + SOLUTION[0]                   # every row shifted: keeps no clue
     for bad, message in (
             (["--sudoku", "123"], "Sudoku puzzle has 3 characters, expected 81"),
@@ -160,6 +165,11 @@ def test_cli(checkpoint, tmp_path, capsys):
             (["--maze", str(maze)], ("this maze puzzle does not fit the model: it is 25 tokens "
                                     "with ids up to 4, the model reads 81 tokens with ids "
                                     "below 11")),
+            (["--maze", str(maze9)], "trained on sudoku puzzles, not maze"),
+            (["--maze", str(maze), "--solution", SOLUTION], "--solution goes with --sudoku"),
+            (["--sudoku", QUESTION, "--test-index", "2"], "--test-index goes with --arc-task"),
+            (["--sudoku", QUESTION, "--data-dir", str(tmp_path)],
+             "--data-dir goes with --arc-task or --official-weights"),
             (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one"),
             (["--sudoku", QUESTION, "--out", str(tmp_path)], "is a directory; give a file")):
         assert evaluate_cli.main(args + bad) == 2
@@ -172,3 +182,31 @@ def test_evaluate_help_names_the_solve_command(capsys):
     with pytest.raises(SystemExit) as stop:
         evaluate_cli.main(["--help"])
     assert stop.value.code == 0 and "python evaluate.py solve --help" in capsys.readouterr().out
+
+
+def test_a_maze_on_a_sudoku_model_with_allow_data_mismatch(checkpoint, tmp_path, capsys):
+    """The model's Sudoku digits are no maze characters: they show as '?', no crash."""
+    maze9 = tmp_path / "maze9.txt"
+    maze9.write_text("\n".join(["#S#######"] + ["#       #"] * 7 + ["#######G#"]) + "\n")
+    out = tmp_path / "m.png"
+    assert evaluate_cli.main(["solve", "--checkpoint-dir", str(checkpoint), "--maze", str(maze9),
+                              "--allow-data-mismatch", "--out", str(out)]) == 0
+    assert "adaptive halting" in capsys.readouterr().out and out.stat().st_size > 0
+    np.testing.assert_array_equal(cells("maze", np.array([1, 5, 6, 11, 0] + [1] * 4)),
+                                  [[0, 4, -1], [-1, -1, 0], [0, 0, 0]])
+    assert cells("sudoku", np.arange(2, 11)).max() == 9
+
+
+def test_the_step_lines_show_the_halting_rule_s_margin():
+    """P(halt) is the sigmoid of the rule's margin, so it passes 0.5 where halting stops;
+    q_continue is shown where the rule reads it (hrm, the transformer baseline)."""
+    puzzle = sudoku_puzzle(QUESTION, SOLUTION)
+    preds = np.stack([puzzle.labels, puzzle.labels])
+    q_halt, margin = np.array([0.634, 2.21]), np.array([-1.0, -0.5])
+    text = describe(Trace(puzzle, preds, q_halt, margin, "q_halt > q_continue", None))
+    assert "step  1  q_halt  +0.634  q_continue  +1.634  P(halt) 0.269" in text
+    assert "step  2  q_halt  +2.210  q_continue  +2.710  P(halt) 0.378" in text
+    assert "stops at step 2 (never confident; the last step)" in text
+    text = describe(Trace(puzzle, preds, q_halt, q_halt, "q_halt > 0", None))
+    assert "step  2  q_halt  +2.210  P(halt) 0.901" in text and "q_continue" not in text
+    assert "stops at step 1" in text

@@ -23,7 +23,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from data.augment import crop_canvas
-from data.common import IGNORE_LABEL_ID, atomic_file
+from data.common import IGNORE_LABEL_ID, MAZE_CHARSET, atomic_file
 
 Kind = Literal["sudoku", "maze", "arc"]
 DPI = 100
@@ -42,12 +42,15 @@ def _rgb(hex_colour: str) -> tuple[float, float, float]:
 
 def cells(kind: Kind, tokens: Integer[np.ndarray, " s"]) -> Int[np.ndarray, "h w"]:
     """Grid values of a token row: Sudoku digits (0 blank), maze "# SGo" indices (-1 PAD),
-    ARC colours of the grid cropped at EOS (may be 0 x 0). Ignored labels read as PAD."""
+    ARC colours of the grid cropped at EOS (may be 0 x 0). Ignored labels, and tokens outside
+    the kind's alphabet, read as PAD."""
     t = np.where(np.asarray(tokens) == IGNORE_LABEL_ID, 0, np.asarray(tokens)).astype(np.int64)
     if kind == "arc":
         return crop_canvas(t).astype(np.int64)
     side = math.isqrt(t.size)
-    return (t - 1).reshape(side, side)
+    grid = (t - 1).reshape(side, side)
+    alphabet = len(MAZE_CHARSET) if kind == "maze" else 10  # Sudoku digits 0 (blank) .. 9
+    return np.where(grid < alphabet, grid, -1)  # another kind's token (a mismatched model)
 
 
 def _colours(kind: Kind, grid: np.ndarray, clues: np.ndarray | None) -> np.ndarray:
@@ -81,16 +84,17 @@ def changed_cells(grid: np.ndarray, before: np.ndarray | None) -> Bool[np.ndarra
 
 
 def strip_panels(kind: Kind, inputs: Integer[np.ndarray, " s"],
-                 step_preds: Integer[np.ndarray, "t s"], q_halt: Float[np.ndarray, " t"],
+                 step_preds: Integer[np.ndarray, "t s"], halt_margin: Float[np.ndarray, " t"],
                  labels: Integer[np.ndarray, " s"] | None = None) -> list[Panel]:
-    """Input, each step's prediction (changes since the panel before), target if labelled."""
+    """Input, each step's prediction (changes since the panel before; P(halt) =
+    sigmoid(halt_margin), the margin of the model's halting rule), target if labelled."""
     shown_input = cells(kind, inputs)
     target = None
     if labels is not None and (np.asarray(labels) != IGNORE_LABEL_ID).any():
         target = cells(kind, labels)
     panels = [Panel("input", shown_input)]
     before = shown_input
-    for k, (pred, q) in enumerate(zip(step_preds, q_halt), start=1):
+    for k, (pred, q) in enumerate(zip(step_preds, halt_margin), start=1):
         grid = cells(kind, pred)
         wrong = None if target is None or target.shape != grid.shape else grid != target
         mark = "" if target is None else (" ✓" if wrong is not None and not wrong.any() else " ✗")

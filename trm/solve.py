@@ -20,8 +20,8 @@ from jaxtyping import Bool, Float, Int
 
 from data import validate
 from data.augment import encode_grid
-from data.common import IGNORE_LABEL_ID, MAZE_CHARSET, check_output_file
-from trm.eval_source import ModelSource, check_data, load_model
+from data.common import IGNORE_LABEL_ID, MAZE_CHARSET, DataError, check_output_file
+from trm.eval_source import LoadedModel, ModelSource, check_data, load_model
 from trm.evaluation import rollout
 from trm.models import ACTModel
 from trm.render import Kind, cells, changed_cells, draw_strip, strip_panels
@@ -126,8 +126,8 @@ class Trace:
     """Exactly right after each step (None when the target is unknown)."""
 
 
-def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
-    """Run the eval rollout (all halt_max_steps steps) on one puzzle."""
+def check_fits(model: ACTModel, puzzle: Puzzle) -> None:
+    """Refuse (ValueError) a puzzle whose tokens or identifier the model cannot read."""
     c = model.config
     if puzzle.inputs.size != c.seq_len or puzzle.inputs.max() >= c.vocab_size:
         raise ValueError(f"this {puzzle.kind} puzzle does not fit the model: it is "
@@ -137,6 +137,12 @@ def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
     if puzzle.puzzle_identifier >= c.num_puzzle_identifiers:
         raise ValueError(f"puzzle identifier {puzzle.puzzle_identifier} is outside the model's "
                          f"{c.num_puzzle_identifiers}")
+
+
+def solve(model: ACTModel, puzzle: Puzzle) -> Trace:
+    """Run the eval rollout (all halt_max_steps steps) on one puzzle."""
+    check_fits(model, puzzle)
+    c = model.config
     r = rollout(model, jnp.asarray(puzzle.inputs[None]), jnp.asarray(puzzle.labels[None]),
                 jnp.array([puzzle.puzzle_identifier], jnp.int32), keep_step_preds=True)
     return Trace(puzzle, np.asarray(r.step_preds[:, 0]), np.asarray(r.q_halt[:, 0]),
@@ -156,20 +162,24 @@ def grid_text(kind: Kind, grid: np.ndarray) -> str:
 
 
 def describe(trace: Trace) -> str:
-    """Terminal view: one line per step (q_halt, P(halt), cells changed, correct), the grid
-    after every step that changed it, and where adaptive halting would stop."""
+    """Terminal view: one line per step (q_halt, q_continue where the halting rule reads it,
+    P(halt) = sigmoid of the rule's margin, cells changed, correct), the grid after every step
+    that changed it, and where adaptive halting would stop."""
     p = trace.puzzle
     title = p.kind if p.name == p.kind else f"{p.kind} {p.name}"
     lines = [f"{title}: {len(trace.q_halt)} supervision steps", "input:",
              grid_text(p.kind, cells(p.kind, p.inputs))]
     before = cells(p.kind, p.inputs)
-    for k, (pred, q) in enumerate(zip(trace.step_preds, trace.q_halt), start=1):
+    reads_continue = "q_continue" in trace.halting_rule
+    for k, (pred, q, m) in enumerate(zip(trace.step_preds, trace.q_halt, trace.halt_margin),
+                                     start=1):
         grid = cells(p.kind, pred)
         shape_changed = grid.shape != before.shape
         n = "new shape" if shape_changed else f"{int(changed_cells(grid, before).sum())} changed"
         verdict = "" if trace.exact is None else ("  correct" if trace.exact[k - 1] else "  wrong")
-        lines.append(f"step {k:2d}  q_halt {q:+7.3f}  P(halt) {1 / (1 + math.exp(-q)):.3f}  "
-                     f"{n}{verdict}")
+        q_continue = f"  q_continue {q - m:+7.3f}" if reads_continue else ""
+        lines.append(f"step {k:2d}  q_halt {q:+7.3f}{q_continue}  P(halt) "
+                     f"{1 / (1 + math.exp(-m)):.3f}  {n}{verdict}")
         if k == 1 or shape_changed or (grid != before).any():
             lines.append(grid_text(p.kind, grid))
         before = grid
@@ -200,9 +210,31 @@ class SolveArgs(ModelSource):
     """PNG strip: input, prediction after each step, target."""
 
 
+def check_flags(args: SolveArgs) -> None:
+    """Refuse a flag that does nothing for the puzzle given (ValueError, one line)."""
+    if args.solution is not None and args.sudoku is None:
+        raise ValueError("--solution goes with --sudoku")
+    if args.test_index != 0 and args.arc_task is None:
+        raise ValueError("--test-index goes with --arc-task")
+    if args.data_dir is not None and args.arc_task is None and not args.official_weights:
+        raise ValueError("--data-dir goes with --arc-task or --official-weights (a Sudoku or "
+                         "maze is read from the command line)")
+
+
+def check_kind(loaded: LoadedModel, kind: Kind, allow_mismatch: bool) -> None:
+    """Refuse (DataError) a puzzle of another kind than the checkpoint's training data (its
+    fingerprint), unless `allow_mismatch`: a model that reads the tokens can still not
+    solve a puzzle kind it never saw."""
+    trained = (loaded.data_fingerprint or {}).get("kind")
+    if trained is not None and trained != kind and not allow_mismatch:
+        raise DataError(f"this checkpoint was trained on {trained} puzzles, not {kind} "
+                        "(--allow-data-mismatch to run it anyway)")
+
+
 def run_solve(args: SolveArgs) -> Trace:
     if sum(x is not None for x in (args.sudoku, args.maze, args.arc_task)) != 1:
         raise ValueError("give exactly one puzzle: --sudoku, --maze or --arc-task")
+    check_flags(args)
     check_output_file(args.out)  # the output and the puzzle are checked before the model load
     puzzle = (sudoku_puzzle(args.sudoku, args.solution) if args.sudoku is not None else
               maze_puzzle(args.maze) if args.maze is not None else None)
@@ -218,9 +250,11 @@ def run_solve(args: SolveArgs) -> Trace:
             raise ValueError("ARC puzzles need --data-dir")
         check_data(args, loaded, data_dir)
         puzzle = arc_puzzle(data_dir, args.arc_task, args.test_index)
+    check_fits(loaded.model, puzzle)
+    check_kind(loaded, puzzle.kind, args.allow_data_mismatch)
     trace = solve(loaded.model, puzzle)
     print(describe(trace))
-    panels = strip_panels(puzzle.kind, puzzle.inputs, trace.step_preds, trace.q_halt,
+    panels = strip_panels(puzzle.kind, puzzle.inputs, trace.step_preds, trace.halt_margin,
                           puzzle.labels)
     clues = cells("sudoku", puzzle.inputs) if puzzle.kind == "sudoku" else None
     width, height = draw_strip(args.out, puzzle.kind, panels, clues)
