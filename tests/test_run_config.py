@@ -136,7 +136,10 @@ def test_a_data_set_field_is_refused_in_any_spelling():
         parse_cli(["sudoku-tiny", "--model.seq_len", "80"])
     with pytest.raises(ConfigError, match="^--model.vocab-size is the data set's"):
         parse_cli(["sudoku-tiny", "--model.vocab-size=5"])
-    assert parse_cli(["sudoku-tiny", "--model.seq-len", "81"]).model.seq_len == 81  # no change
+    for flags in (["--model.seq-len", "81"], ["--model.num_puzzle_identifiers=1"]):
+        with pytest.raises(ConfigError, match="is the data set's"):  # the preset's value too:
+            parse_cli(["sudoku-tiny", *flags])  # it would be ignored for the data set's
+    assert parse_cli(["sudoku-tiny", "--model.hidden-size", "32"]).model.seq_len == 81
 
 
 def test_an_error_names_the_other_fields_it_mentions_as_flags():

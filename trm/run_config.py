@@ -387,8 +387,10 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
     except ConfigError as e:
         raise flag_error(e, flag_sections()) from None
     preset = PRESETS[args[0]][1].model if args and args[0] in PRESETS else cfg.model
-    for name in DATA_SET_FIELDS:  # set by a flag, however it was spelled
-        if getattr(cfg.model, name) != getattr(preset, name):
+    given = {a.split("=", 1)[0].replace("_", "-") for a in args if a.startswith("--")}
+    for name in DATA_SET_FIELDS:  # set by a flag, however it was spelled, to any value
+        if (flag_name("model." + name) in given
+                or getattr(cfg.model, name) != getattr(preset, name)):
             raise ConfigError(f"{flag_name('model.' + name)} is the data set's: training reads "
                               "it from the data set's metadata (build a data set with other "
                               "sizes instead)")
