@@ -106,8 +106,11 @@ def test_maze_file(tmp_path):
     path.write_text("\n".join(["#S###", "### #"] + MAZE_Q[2:]))
     with pytest.raises(ValueError, match="the goal 'G' is not reachable from 'S'"):
         maze_puzzle(path)
-    path.write_text("\n".join(["#Sx##"] + MAZE_Q[1:]))
-    with pytest.raises(ValueError, match="maze character 'x' at position 2 is outside '# SGo'"):
+    path.write_text("\n".join(MAZE_Q[:2] + ["#Sx##"] + MAZE_Q[3:]))
+    with pytest.raises(ValueError, match="line 3, column 3: character 'x' is outside '# SGo'"):
+        maze_puzzle(path)
+    path.write_text("\n".join(MAZE_Q[:3] + [MAZE_Q[3].rstrip("#")] + MAZE_Q[4:]))
+    with pytest.raises(ValueError, match="line 4 has 4 characters, the file 5 lines; a maze is"):
         maze_puzzle(path)
 
 

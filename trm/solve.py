@@ -74,8 +74,17 @@ def maze_puzzle(path: str | Path) -> Puzzle:
     while rows and not rows[-1]:
         rows.pop()
     n = len(rows)
-    if not n or any(len(r) != n for r in rows):
-        raise ValueError(f"{p}: a maze is N lines of N characters from {MAZE_CHARSET!r}")
+    shape = f"a maze is N lines of N characters from {MAZE_CHARSET!r}"
+    if not n:
+        raise ValueError(f"{p}: empty; {shape}")
+    for i, row in enumerate(rows, start=1):
+        if len(row) != n:
+            raise ValueError(f"{p}: line {i} has {len(row)} characters, the file {n} lines; "
+                             f"{shape}")
+        bad = next((j for j, c in enumerate(row, start=1) if c not in MAZE_CHARSET), None)
+        if bad is not None:
+            raise ValueError(f"{p}: line {i}, column {bad}: character {row[bad - 1]!r} is "
+                             f"outside {MAZE_CHARSET!r}")
     grid = "".join(rows)
     try:
         validate.to_bytes("maze", [grid], n * n, MAZE_CHARSET)  # 'o' allowed here
