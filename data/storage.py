@@ -59,6 +59,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def first_unreadable(directory: str | os.PathLike[str]) -> str | None:
+    """The first file or folder under a local `directory` (itself included) that this process
+    may not read (or, a folder, enter), else None; None for a URL. For errors that hide a
+    permission problem (orbax reports an unreadable checkpoint as a tree type mismatch)."""
+    if is_url(str(directory)):
+        return None
+    for root, dirs, files in os.walk(directory, onerror=lambda e: None):
+        for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            mode = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+            if not os.access(path, mode):
+                return path
+    return None
+
+
 def probe_write(directory: str | os.PathLike[str], *, name: str = ".trm-write-probe",
                 tidy: bool = True) -> None:
     """Create `directory` (a local path or a URL) and its missing parents, write and remove a

@@ -326,7 +326,7 @@ def test_an_unreadable_step_is_named_not_called_a_type_mismatch(two_steps, tmp_p
     denied = largest_file(tmp_path / "c" / "2" / "state" / "ocdbt.process_0" / "d")
     damage_step(tmp_path / "c" / "2", "garble")
     real_access = os.access
-    monkeypatch.setattr("trm.checkpoint.os.access",
+    monkeypatch.setattr("data.storage.os.access",
                         lambda p, mode: Path(p) != denied and real_access(p, mode))
     assert f"step 2 is unusable: permission denied: cannot read {denied}" in _restore_notice(
         tmp_path / "c")

@@ -23,7 +23,8 @@ from data import fingerprint
 from data.pipeline import load_metadata
 from trm.checkpoint import Checkpointer
 from trm.cli import parse_args
-from trm.eval_run import EvalArgs, evaluate_split, planned_batches
+from trm.eval_run import EvalArgs, evaluate_split
+from trm.eval_source import planned_batches
 from trm.loop import model_config_for
 from trm.models import TRM
 from trm.optim import build_optimizer, build_schedules
@@ -324,7 +325,8 @@ def test_the_eval_batch_is_known_before_jax_starts(checkpoint, sudoku_dir, tmp_p
     --batch-size that is the run's, read from the stored configs as plain JSON."""
     ckpt, _ = checkpoint
     def planned(*flags: str) -> tuple[int, ...]:
-        return planned_batches(parse_args(EvalArgs, list(flags), "evaluate.py"))
+        args = parse_args(EvalArgs, list(flags), "evaluate.py")
+        return planned_batches(args, args.batch_size)
 
     assert planned("--checkpoint-dir", str(ckpt)) == (8,)
     assert planned("--checkpoint-dir", str(ckpt), "--batch-size", "6") == (6,)

@@ -35,7 +35,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from data.common import atomic_file
-from data.storage import as_path, is_url
+from data.storage import as_path, first_unreadable, is_url
 from trm.cli import RunFailed, short_reason
 from trm.config import ModelConfig, upgrade_model_fields
 from trm.config_diff import (
@@ -77,20 +77,6 @@ def peek_run_configs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(run, dict):
             runs.append(run)
     return runs
-
-
-def first_unreadable(directory: epath.Path | str) -> str | None:
-    """The first file or folder under a local `directory` (itself included) that this process
-    may not read (or, a folder, enter), else None; None for a URL. Orbax reports such a step
-    as a type mismatch of the restored tree, so a failed restore names it instead."""
-    if is_url(str(directory)):
-        return None
-    for root, dirs, files in os.walk(directory, onerror=lambda e: None):
-        for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
-            mode = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
-            if not os.access(path, mode):
-                return path
-    return None
 
 
 def _is_array_like(x: Any) -> bool:

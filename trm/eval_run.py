@@ -35,9 +35,15 @@ from tqdm import tqdm
 from data.common import atomic_file, check_output_file
 from data.storage import as_path, is_url, local_copy
 from trm.arc_eval import ArcVoter, Submission, write_submission
-from trm.checkpoint import peek_run_configs
 from trm.config import flag_name, require
-from trm.eval_source import ModelSource, check_compatible, check_data, load_model
+from trm.eval_source import (
+    OFFICIAL_EVAL_BATCH,
+    ModelSource,
+    check_compatible,
+    check_data,
+    load_model,
+    planned_batches,
+)
 from trm.evaluation import (
     Rollout,
     eval_metrics,
@@ -315,37 +321,13 @@ def summary_lines(results: Mapping[str, SetResult]) -> list[str]:
     return lines
 
 
-OFFICIAL_EVAL_BATCH = 768
-"""Evaluation batch of official weights without --batch-size (the official configs' global
-batch)."""
-
-
-def planned_batches(args: EvalArgs) -> tuple[int, ...]:
-    """The evaluation batches this run may use, known before JAX starts, so that the CPU is
-    split into devices dividing them (`split_cpu`): --batch-size, else the official default,
-    else every stored step's run setting; () when unknown (a URL, no readable config: the
-    CPU is then left as one device)."""
-    if args.batch_size is not None:
-        return (args.batch_size,)
-    if args.official_weights:
-        return (OFFICIAL_EVAL_BATCH,)
-    batches = set()
-    for run in peek_run_configs(args.checkpoint_dir or ""):
-        try:
-            batches.add(int((run.get("eval") or {}).get("batch_size")
-                            or run["optim"]["global_batch_size"]))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-    return tuple(sorted(batches))
-
-
 def run_evaluate(args: EvalArgs) -> dict[str, Any]:
     """Load, evaluate every split, print, write JSON / PNG / submission, track; the JSON."""
     from data.pipeline import load_metadata
 
     for path in args.output_files():  # before any work: nothing half-written
         check_output_file(path)
-    batches = planned_batches(args)
+    batches = planned_batches(args, args.batch_size)
     if batches or args.mesh.data > 0:
         split_cpu(args.mesh, *batches)
     initialize_distributed(args.mesh, args)

@@ -23,7 +23,7 @@ import numpy as np
 
 from data import fingerprint
 from data.storage import as_path
-from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable
+from trm.checkpoint import Checkpointer, UnusableCheckpoint, newest_usable, peek_run_configs
 from trm.cli import warn
 from trm.config import DATA_SET_FIELDS, ConfigError, ModelConfig, require
 from trm.config_diff import to_json
@@ -70,6 +70,30 @@ class ModelSource:
         for name in ("step", "halt_max_steps"):
             value, low = getattr(self, name), 0 if name == "step" else 1
             require(value is None or value >= low, self, name, f"must be >= {low}, got {value}")
+
+
+OFFICIAL_EVAL_BATCH = 768
+"""Evaluation batch of official weights without --batch-size (the official configs' global
+batch)."""
+
+
+def planned_batches(source: ModelSource, batch_size: int | None) -> tuple[int, ...]:
+    """The evaluation batches an evaluation of `source` may use, known before JAX starts, so
+    that the CPU is split into devices dividing them (`split_cpu`): `batch_size` (the
+    --batch-size given), else the official default, else every stored step's run setting;
+    () when unknown (a URL, no readable config: the CPU is then left as one device)."""
+    if batch_size is not None:
+        return (batch_size,)
+    if source.official_weights:
+        return (OFFICIAL_EVAL_BATCH,)
+    batches = set()
+    for run in peek_run_configs(source.checkpoint_dir or ""):
+        try:
+            batches.add(int((run.get("eval") or {}).get("batch_size")
+                            or run["optim"]["global_batch_size"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return tuple(sorted(batches))
 
 
 @dataclasses.dataclass
