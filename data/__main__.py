@@ -15,7 +15,7 @@ import numpy as np
 
 from data import build, generate
 from data.arc import SUBSETS
-from data.common import MAZE_SIZES, DataError
+from data.common import MAZE_SIZES, DataError, check_output_file
 from data.maze_gen import default_min_path_length
 from trm.cli import (
     argument_parser,
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep mazes with several shortest paths")
     for q in (gs, gm):
         q.add_argument("--count", type=positive_int, required=True)
-        q.add_argument("--out", type=Path, required=True, help="CSV file to write")
+        q.add_argument("--out", required=True, help="CSV file to write")  # str: keeps a "/"
         q.add_argument("--seed", type=non_negative_int, default=0)
     for q in (a, gs, gm):  # the commands with a progress bar
         q.add_argument("--no-progress", dest="progress", action="store_false",
@@ -125,13 +125,14 @@ def _run(args: argparse.Namespace) -> str:
             lines.append(f"notice: --subsample-size {args.subsample_size}: {args.train_csv} has "
                          f"only {rows} puzzles{filtered}; all are used (as official)")
         return "\n".join(lines)
-    t0 = time.perf_counter()
+    check_output_file(args.out)  # as given: "DIR/" names a directory, Path("DIR/") a file
+    out, t0 = Path(args.out), time.perf_counter()
     if args.kind == "sudoku":
-        generate.write_sudoku_csv(args.out, args.count, seed=args.seed,
+        generate.write_sudoku_csv(out, args.count, seed=args.seed,
                                   min_rating=args.min_rating, min_clues=args.min_clues,
                                   workers=args.workers, progress=args.progress)
         return f"wrote {args.count} Sudokus to {args.out} in {time.perf_counter() - t0:.1f} s"
-    lengths = generate.write_maze_csv(args.out, args.count, size=args.size,
+    lengths = generate.write_maze_csv(out, args.count, size=args.size,
                                       min_path_length=args.min_path_length,
                                       unique_path=not args.allow_ties, seed=args.seed,
                                       progress=args.progress)

@@ -70,7 +70,7 @@ def check_output_file(out: str | os.PathLike[str]) -> None:
     before their work starts, so that nothing is half-written."""
     if is_url(out):
         return
-    if Path(out).is_dir():
+    if Path(out).is_dir() or str(out).endswith(("/", os.sep)):
         raise DataError(f"{out} is a directory; give a file path")
     check_can_write_in(Path(out).parent, name=out)
 

@@ -172,6 +172,9 @@ def test_cli_generate_to_a_directory_is_one_error_and_leaves_no_file(tmp_path, c
     assert main(["generate", "sudoku", "--count", "1", "--workers", "1", "--out",
                  str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: {tmp_path} is a directory; give a file path"
+    meant = f"{tmp_path / 'gen'}/"  # a directory that does not exist yet: not a file 'gen'
+    assert main(["generate", "maze", "--count", "1", "--size", "5", "--out", meant]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {meant} is a directory; give a file path"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -219,6 +219,7 @@ def test_an_output_that_is_a_directory_is_refused_before_evaluating(checkpoint, 
 @pytest.mark.parametrize("extra, message", [
     (["--out", "."], "--out '.' is a directory; give a file path"),
     (["--out", ""], "--out '' is a directory; give a file path"),
+    (["--plot", "{tmp}/p.txt"], "--plot {tmp}/p.txt: the plot is a PNG image"),
     (["--plot", "{tmp}/res.json"], "--out and --plot both name {tmp}/res.json"),
     (["--plot", "{tmp}/x/../same.png", "--arc-submission", "{tmp}/same.png"],
      "--plot and --arc-submission both name {tmp}/x/../same.png"),

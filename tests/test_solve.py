@@ -174,7 +174,9 @@ def test_cli(checkpoint, tmp_path, capsys):
             (["--sudoku", QUESTION, "--data-dir", str(tmp_path)],
              "--data-dir goes with --arc-task or --official-weights"),
             (["--arc-task", "00576224"], "sudoku data set: --arc-task needs an ARC one"),
-            (["--sudoku", QUESTION, "--out", str(tmp_path)], "is a directory; give a file")):
+            (["--sudoku", QUESTION, "--out", str(tmp_path)], "is a directory; give a file"),
+            (["--sudoku", QUESTION, "--out", str(tmp_path / "s.txt")],
+             "the strip is a PNG image; give a path ending in .png")):
         assert evaluate_cli.main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err

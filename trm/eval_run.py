@@ -327,6 +327,9 @@ def run_evaluate(args: EvalArgs) -> dict[str, Any]:
 
     for path in args.output_files():  # before any work: nothing half-written
         check_output_file(path)
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise ValueError(f"--plot {args.plot}: the plot is a PNG image; give a path ending "
+                         "in .png")
     batches = planned_batches(args, args.batch_size)
     if batches or args.mesh.data > 0:
         split_cpu(args.mesh, *batches)

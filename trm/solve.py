@@ -245,6 +245,8 @@ def run_solve(args: SolveArgs) -> Trace:
         raise ValueError("give exactly one puzzle: --sudoku, --maze or --arc-task")
     check_flags(args)
     check_output_file(args.out)  # the output and the puzzle are checked before the model load
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out {args.out}: the strip is a PNG image; give a path ending in .png")
     puzzle = (sudoku_puzzle(args.sudoku, args.solution) if args.sudoku is not None else
               maze_puzzle(args.maze) if args.maze is not None else None)
     meta = None
