@@ -15,7 +15,7 @@ import numpy as np
 
 from data import build, generate
 from data.arc import SUBSETS
-from data.common import MAZE_SIZES, DataError, check_output_file
+from data.common import MAZE_SIZES, DataError
 from data.maze_gen import default_min_path_length
 from trm.cli import (
     argument_parser,
@@ -125,8 +125,7 @@ def _run(args: argparse.Namespace) -> str:
             lines.append(f"notice: --subsample-size {args.subsample_size}: {args.train_csv} has "
                          f"only {rows} puzzles{filtered}; all are used (as official)")
         return "\n".join(lines)
-    check_output_file(args.out)  # as given: "DIR/" names a directory, Path("DIR/") a file
-    out, t0 = Path(args.out), time.perf_counter()
+    out, t0 = args.out, time.perf_counter()  # a str: Path("DIR/") would name a file
     if args.kind == "sudoku":
         generate.write_sudoku_csv(out, args.count, seed=args.seed,
                                   min_rating=args.min_rating, min_clues=args.min_clues,

@@ -96,22 +96,23 @@ def _write_csv(out: Path, source: str, rows: list[tuple[str, str, int]]) -> None
         f.writelines(f"{source},{q},{a},{r}\n" for q, a, r in rows)
 
 
-def write_sudoku_csv(out: Path, count: int, *, seed: int = 0, min_rating: int = 0,
-                     min_clues: int = 0, workers: int | None = None, progress: bool = True
-                     ) -> None:
-    """Generate Sudokus into a Sudoku-Extreme-format CSV (rating = solver guesses)."""
-    check_output_file(out)  # before the work
+def write_sudoku_csv(out: str | os.PathLike[str], count: int, *, seed: int = 0,
+                     min_rating: int = 0, min_clues: int = 0, workers: int | None = None,
+                     progress: bool = True) -> None:
+    """Generate Sudokus into a Sudoku-Extreme-format CSV (rating = solver guesses). `out` is
+    checked as given ("DIR/" names a directory) before the work."""
+    check_output_file(out)
     rows = sudoku_rows(count, seed=seed, min_rating=min_rating, min_clues=min_clues,
                        workers=workers, progress=progress)
-    _write_csv(out, f"generated-seed{seed}", rows)
+    _write_csv(Path(out), f"generated-seed{seed}", rows)
 
 
-def write_maze_csv(out: Path, count: int, *, size: int = 30, min_path_length: int | None = None,
-                   unique_path: bool = True, seed: int = 0, progress: bool = True
-                   ) -> np.ndarray:
+def write_maze_csv(out: str | os.PathLike[str], count: int, *, size: int = 30,
+                   min_path_length: int | None = None, unique_path: bool = True, seed: int = 0,
+                   progress: bool = True) -> np.ndarray:
     """Generate mazes into a Maze-Hard-format CSV (rating = shortest-path length in moves);
-    returns the path lengths."""
-    check_output_file(out)  # before the work
+    returns the path lengths. `out` is checked as given before the work."""
+    check_output_file(out)
     try:
         q, a, lengths = generate_mazes(count, size=size, min_path_length=min_path_length,
                                        unique_path=unique_path, seed=seed, progress=progress)
@@ -120,7 +121,7 @@ def write_maze_csv(out: Path, count: int, *, size: int = 30, min_path_length: in
     chars = np.array(list(MAZE_CHARSET))
     rows = [("".join(chars[qq.ravel() - 1]), "".join(chars[aa.ravel() - 1]), int(n))
             for qq, aa, n in zip(q, a, lengths)]
-    _write_csv(out, f"generated-{size}x{size}-seed{seed}", rows)
+    _write_csv(Path(out), f"generated-{size}x{size}-seed{seed}", rows)
     return lengths
 
 

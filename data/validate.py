@@ -8,6 +8,8 @@ their values; the first bad row raises `BadRow` (a DataError) with its index and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from jaxtyping import UInt8
 
@@ -45,8 +47,10 @@ def to_bytes(what: str, strings: list[str], length: int, alphabet: str
     ok = np.isin(arr, np.frombuffer(alphabet.encode(), np.uint8))
     if not ok.all():
         r, c = np.argwhere(~ok)[0]
-        raise BadRow(int(r), f"{what} character {chr(arr[r, c])!r} at position {c} is outside "
-                             f"{alphabet!r}")
+        side = math.isqrt(length)
+        where = f" (row {c // side + 1}, column {c % side + 1})" if side * side == length else ""
+        raise BadRow(int(r), f"{what} character {chr(arr[r, c])!r} at position {c}{where} is "
+                             f"outside {alphabet!r}")
     return arr
 
 

@@ -89,9 +89,8 @@ def planned_batches(source: ModelSource, batch_size: int | None) -> tuple[int, .
     batches = set()
     for run in peek_run_configs(source.checkpoint_dir or ""):
         try:
-            batches.add(int((run.get("eval") or {}).get("batch_size")
-                            or run["optim"]["global_batch_size"]))
-        except (KeyError, TypeError, ValueError, AttributeError):
+            batches.add(dataclass_from_json(RunConfig, run).eval_batch_size)
+        except (TypeError, ConfigError):  # unreadable: the restore will say so
             continue
     return tuple(sorted(batches))
 

@@ -94,11 +94,11 @@ def strip_panels(kind: Kind, inputs: Integer[np.ndarray, " s"],
         target = cells(kind, labels)
     panels = [Panel("input", shown_input)]
     before = shown_input
-    for k, (pred, q) in enumerate(zip(step_preds, halt_margin), start=1):
+    for k, (pred, margin) in enumerate(zip(step_preds, halt_margin), start=1):
         grid = cells(kind, pred)
         wrong = None if target is None or target.shape != grid.shape else grid != target
         mark = "" if target is None else (" ✓" if wrong is not None and not wrong.any() else " ✗")
-        conf = 1.0 / (1.0 + math.exp(-float(q)))
+        conf = 1.0 / (1.0 + math.exp(-float(margin)))
         panels.append(Panel(f"step {k}  P(halt) {conf:.2f}{mark}", grid,
                             changed_cells(grid, before), wrong))
         before = grid

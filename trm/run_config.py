@@ -386,11 +386,9 @@ def parse_cli(argv: Sequence[str] | None = None) -> RunConfig:
         cfg = tyro.extras.overridable_config_cli(PRESETS, args=args)
     except ConfigError as e:
         raise flag_error(e, flag_sections()) from None
-    preset = PRESETS[args[0]][1].model if args and args[0] in PRESETS else cfg.model
     given = {a.split("=", 1)[0].replace("_", "-") for a in args if a.startswith("--")}
-    for name in DATA_SET_FIELDS:  # set by a flag, however it was spelled, to any value
-        if (flag_name("model." + name) in given
-                or getattr(cfg.model, name) != getattr(preset, name)):
+    for name in DATA_SET_FIELDS:  # given as a flag, in any spelling, with any value
+        if flag_name("model." + name) in given:
             raise ConfigError(f"{flag_name('model.' + name)} is the data set's: training reads "
                               "it from the data set's metadata (build a data set with other "
                               "sizes instead)")
